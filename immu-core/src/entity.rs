@@ -1,0 +1,245 @@
+//! The entity: what `#[derive(Immutable)]` implements, and the static description of a versioned table.
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::{Acquire, Executor, Postgres};
+use uuid::Uuid;
+
+use crate::sql::{DELETED_AT, ENTITY_ID, ID, VALID_FROM, VERSION};
+use crate::{Result, Versioned, read, write};
+
+/// The names of the columns that immu adds to every versioned table, in table order.
+///
+/// A struct field may not use one of these names as its column name; the derive refuses it.
+pub const RESERVED_COLUMNS: [&str; 5] = [ID, ENTITY_ID, VERSION, VALID_FROM, DELETED_AT];
+
+/// Static description of a versioned table: its name and the entity's own columns.
+///
+/// Produced by `#[derive(Immutable)]` as [`Immutable::TABLE`]. The reserved columns
+/// ([`RESERVED_COLUMNS`]) are not listed in [`columns`](Self::columns); every versioned table has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableDef {
+    /// The table's name in PostgreSQL (unquoted; immu always quotes it).
+    pub name: &'static str,
+    /// The name of the Rust type the table stores.
+    pub rust_name: &'static str,
+    /// The entity's own columns, in struct field order.
+    pub columns: &'static [ColumnDef],
+}
+
+/// One of the entity's own columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ColumnDef {
+    /// Column name in PostgreSQL (unquoted).
+    pub name: &'static str,
+    /// Name of the Rust field it maps to.
+    pub field: &'static str,
+    /// PostgreSQL type used by the generated DDL (for example `bigint`, `text`, `jsonb`).
+    pub sql_type: &'static str,
+    /// Whether the column accepts SQL `NULL` (the field is an `Option`).
+    pub nullable: bool,
+    /// Whether the field is stored as JSON through serde (`#[immu(json)]`).
+    pub json: bool,
+}
+
+impl TableDef {
+    /// Looks up one of the entity's own columns by its SQL name.
+    pub fn column(&self, name: &str) -> Option<&'static ColumnDef> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+/// A versioned entity: a plain struct whose every change is stored as a new, immutable row.
+///
+/// Implement it with `#[derive(Immutable)]` (see the [crate docs](crate) for the attributes);
+/// the methods below are provided. Writes accept anything sqlx can begin a transaction on
+/// (`&PgPool`, `&mut PgConnection`, `&mut Transaction`); inside a caller's transaction they
+/// run in a savepoint, so a failed write leaves the caller's transaction usable and loses
+/// nothing else. Reads accept any executor (`&PgPool`, `&mut *conn`, `&mut *tx`).
+///
+/// Every write to an existing entity first takes a transaction-scoped advisory lock keyed on
+/// the table and the entity ([`lock_key`](crate::lock_key)), then reads the latest version in a
+/// new statement, then appends. Concurrent writers to one entity therefore queue up, never lose
+/// an update, and versions stay 1, 2, 3, ... without gaps.
+///
+/// ```no_run
+/// use immu_core::{Immutable, Versioned};
+///
+/// #[derive(Debug, Clone, Immutable)]
+/// #[immu(table = "accounts")]
+/// struct Account {
+///     owner: String,
+///     balance: i64,
+/// }
+///
+/// # async fn demo(pool: sqlx::PgPool) -> immu_core::Result<()> {
+/// let v1 = Account::insert(&pool, Account { owner: "ada".into(), balance: 10 }).await?;
+/// let v2 = Account::modify(&pool, v1.entity_id, |a| a.balance += 5).await?;
+/// assert_eq!((v2.version, v2.balance), (2, 15));
+/// let then = Account::find_as_of(&pool, v1.entity_id, v1.valid_from).await?;
+/// assert_eq!(then.balance, 10);
+/// # Ok(()) }
+/// ```
+pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
+    /// The table this entity is stored in.
+    const TABLE: TableDef;
+
+    #[doc(hidden)]
+    /// The entity's cached SQL statements (built once per type).
+    fn __sql() -> &'static crate::sql::Sql;
+
+    #[doc(hidden)]
+    /// Decodes the entity's own columns from `row`, starting at column index `first`.
+    fn __decode(row: &PgRow, first: usize) -> std::result::Result<Self, sqlx::Error>;
+
+    #[doc(hidden)]
+    /// Encodes the entity's own columns, in [`TableDef::columns`] order, as bind arguments.
+    fn __encode(&self, args: &mut PgArguments) -> std::result::Result<(), BoxDynError>;
+
+    /// Inserts a new entity at version 1 with a fresh `entity_id` (a UUIDv7).
+    fn insert<'c, A>(db: A, value: Self) -> impl Future<Output = Result<Versioned<Self>>> + Send + 'c
+    where
+        A: Acquire<'c, Database = Postgres> + Send + 'c,
+    {
+        write::insert(db, value)
+    }
+
+    /// Appends `value` as the entity's next version.
+    ///
+    /// Fails with [`Error::NotFound`](crate::Error::NotFound) if the entity never existed and
+    /// [`Error::Deleted`](crate::Error::Deleted) if it is deleted (undelete it first).
+    fn update<'c, A>(
+        db: A,
+        entity_id: Uuid,
+        value: Self,
+    ) -> impl Future<Output = Result<Versioned<Self>>> + Send + 'c
+    where
+        A: Acquire<'c, Database = Postgres> + Send + 'c,
+    {
+        write::update(db, entity_id, None, value)
+    }
+
+    /// Appends `value` only if the entity's current version is still `expected_version`
+    /// (optimistic concurrency); otherwise fails with
+    /// [`Error::VersionConflict`](crate::Error::VersionConflict) and writes nothing.
+    fn update_if_version<'c, A>(
+        db: A,
+        entity_id: Uuid,
+        expected_version: i64,
+        value: Self,
+    ) -> impl Future<Output = Result<Versioned<Self>>> + Send + 'c
+    where
+        A: Acquire<'c, Database = Postgres> + Send + 'c,
+    {
+        write::update(db, entity_id, Some(expected_version), value)
+    }
+
+    /// Read-modify-write: runs `f` on the current version while the entity's lock is held and
+    /// appends the result. Concurrent `modify` calls on one entity never lose an update.
+    fn modify<'c, A, F>(
+        db: A,
+        entity_id: Uuid,
+        f: F,
+    ) -> impl Future<Output = Result<Versioned<Self>>> + Send + 'c
+    where
+        A: Acquire<'c, Database = Postgres> + Send + 'c,
+        F: FnOnce(&mut Self) + Send + 'c,
+    {
+        write::modify(db, entity_id, move |value: &mut Self| {
+            f(value);
+            Ok::<(), crate::Error>(())
+        })
+    }
+
+    /// Like [`modify`](Self::modify), but `f` may refuse the change by returning an error, in
+    /// which case nothing is written and the error is returned. Your error type must be
+    /// convertible from [`immu_core::Error`](crate::Error).
+    fn try_modify<'c, A, F, E>(
+        db: A,
+        entity_id: Uuid,
+        f: F,
+    ) -> impl Future<Output = std::result::Result<Versioned<Self>, E>> + Send + 'c
+    where
+        A: Acquire<'c, Database = Postgres> + Send + 'c,
+        F: FnOnce(&mut Self) -> std::result::Result<(), E> + Send + 'c,
+        E: From<crate::Error> + Send + 'c,
+    {
+        write::modify(db, entity_id, f)
+    }
+
+    /// Deletes the entity by appending a tombstone: a copy of the last data with `deleted_at`
+    /// set. Returns the tombstone. History stays; [`undelete`](Self::undelete) revives it.
+    fn delete<'c, A>(db: A, entity_id: Uuid) -> impl Future<Output = Result<Versioned<Self>>> + Send + 'c
+    where
+        A: Acquire<'c, Database = Postgres> + Send + 'c,
+    {
+        write::delete::<Self, A>(db, entity_id)
+    }
+
+    /// Revives a deleted entity by appending a live copy of its last data.
+    ///
+    /// Fails with [`Error::NotDeleted`](crate::Error::NotDeleted) if the entity is live.
+    fn undelete<'c, A>(db: A, entity_id: Uuid) -> impl Future<Output = Result<Versioned<Self>>> + Send + 'c
+    where
+        A: Acquire<'c, Database = Postgres> + Send + 'c,
+    {
+        write::undelete::<Self, A>(db, entity_id)
+    }
+
+    /// The current version of the entity.
+    ///
+    /// Fails with [`Error::NotFound`](crate::Error::NotFound) if it never existed and
+    /// [`Error::Deleted`](crate::Error::Deleted) if its latest version is a tombstone. Use
+    /// [`OptionalExt::optional`](crate::OptionalExt::optional) for an `Option`.
+    fn find<'c, E>(db: E, entity_id: Uuid) -> impl Future<Output = Result<Versioned<Self>>> + Send + 'c
+    where
+        E: Executor<'c, Database = Postgres> + 'c,
+    {
+        read::current(db, entity_id)
+    }
+
+    /// The version that was current at instant `at`.
+    ///
+    /// Fails with [`Error::NotFound`](crate::Error::NotFound) if the entity did not exist yet
+    /// (or never existed) and [`Error::Deleted`](crate::Error::Deleted) if it was deleted at `at`.
+    fn find_as_of<'c, E>(
+        db: E,
+        entity_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Versioned<Self>>> + Send + 'c
+    where
+        E: Executor<'c, Database = Postgres> + 'c,
+    {
+        read::as_of(db, entity_id, at)
+    }
+
+    /// One exact version (a tombstone is returned as is, with `deleted_at` set).
+    ///
+    /// Fails with [`Error::NotFound`](crate::Error::NotFound) if there is no such version.
+    fn find_version<'c, E>(
+        db: E,
+        entity_id: Uuid,
+        version: i64,
+    ) -> impl Future<Output = Result<Versioned<Self>>> + Send + 'c
+    where
+        E: Executor<'c, Database = Postgres> + 'c,
+    {
+        read::version(db, entity_id, version)
+    }
+
+    /// Every version of the entity, tombstones included, in version order.
+    ///
+    /// Fails with [`Error::NotFound`](crate::Error::NotFound) if the entity never existed.
+    fn history<'c, E>(
+        db: E,
+        entity_id: Uuid,
+    ) -> impl Future<Output = Result<Vec<Versioned<Self>>>> + Send + 'c
+    where
+        E: Executor<'c, Database = Postgres> + 'c,
+    {
+        read::history(db, entity_id)
+    }
+}

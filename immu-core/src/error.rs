@@ -1,0 +1,197 @@
+//! Errors: one enum for every way an immu call can fail.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// `Result` with [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The SQLSTATE raised by immu's append-only trigger (see `migrations/`).
+pub const APPEND_ONLY_SQLSTATE: &str = "IMMU1";
+
+/// Everything that can go wrong in an immu call.
+///
+/// Every failed call writes nothing: writes run in their own transaction (or a savepoint of
+/// yours), which is rolled back on any error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The entity never existed (or, for as-of reads, did not exist yet at that instant; for
+    /// [`find_version`](crate::Immutable::find_version), that version does not exist).
+    #[error("{table}: no entity {entity_id}{}", version.map(|v| format!(" at version {v}")).unwrap_or_default())]
+    NotFound {
+        /// Table of the entity.
+        table: &'static str,
+        /// The entity looked for.
+        entity_id: Uuid,
+        /// The version asked for, if a specific one was.
+        version: Option<i64>,
+    },
+
+    /// The entity is deleted (at the instant asked for): its latest version is a tombstone.
+    /// Reads report it instead of returning the tombstone's data; update and delete refuse it.
+    #[error("{table}: entity {entity_id} is deleted (tombstone version {version}, deleted at {deleted_at})")]
+    Deleted {
+        /// Table of the entity.
+        table: &'static str,
+        /// The deleted entity.
+        entity_id: Uuid,
+        /// Version number of the tombstone.
+        version: i64,
+        /// When it was deleted.
+        deleted_at: DateTime<Utc>,
+    },
+
+    /// `undelete` of an entity that is not deleted.
+    #[error(
+        "{table}: entity {entity_id} is not deleted (current version {version}); only a deleted entity can be undeleted"
+    )]
+    NotDeleted {
+        /// Table of the entity.
+        table: &'static str,
+        /// The live entity.
+        entity_id: Uuid,
+        /// Its current version.
+        version: i64,
+    },
+
+    /// The entity's current version is not the one the write was based on: another writer
+    /// appended a version first. Nothing was written; re-read and retry.
+    ///
+    /// Raised by optimistic writes ([`update_if_version`](crate::Immutable::update_if_version),
+    /// [`Versioned::save`](crate::Versioned::save)) when the version moved, and by any write
+    /// whose version number was taken meanwhile (`actual` is `None` then): for example a write
+    /// inside a `REPEATABLE READ` or `SERIALIZABLE` transaction whose snapshot predates another
+    /// writer's commit. Retry the whole transaction in that case.
+    #[error(
+        "{table}: version conflict on entity {entity_id}: {}",
+        match (expected, actual) {
+            (Some(expected), Some(actual)) => format!("the write expected version {expected} to be current, but it is {actual}"),
+            (_, Some(actual)) => format!("the current version changed to {actual} under the write"),
+            (_, None) => "a newer version was committed concurrently (by another transaction after this transaction's REPEATABLE READ or SERIALIZABLE snapshot was taken, or by a writer that bypassed the entity lock); retry the transaction".to_owned(),
+        }
+    )]
+    VersionConflict {
+        /// Table of the entity.
+        table: &'static str,
+        /// The entity written to.
+        entity_id: Uuid,
+        /// The version the write expected to be current, for optimistic writes.
+        expected: Option<i64>,
+        /// The actual current version, when this transaction can see it.
+        actual: Option<i64>,
+    },
+
+    /// The database refused an `UPDATE`, `DELETE` or `TRUNCATE` of a versioned table.
+    ///
+    /// Converting a [`sqlx::Error`] with `Error::from` recognizes this refusal, so raw SQL run
+    /// through sqlx can report it too.
+    #[error("{operation} on {table:?} refused: the table is append-only (immu keeps every version)")]
+    AppendOnly {
+        /// The table, as the database reported it.
+        table: String,
+        /// `UPDATE`, `DELETE` or `TRUNCATE`.
+        operation: String,
+    },
+
+    /// A table or column name that immu cannot use.
+    #[error("invalid identifier {name:?}: {reason}")]
+    InvalidIdentifier {
+        /// The name given.
+        name: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+
+    /// The versioned table does not exist: its migration has not run.
+    #[error(
+        "table {table:?} does not exist: create it with the DDL from immu_core::schema::create_table::<T>() in a migration"
+    )]
+    MissingTable {
+        /// The missing table.
+        table: String,
+    },
+
+    /// Any other database or driver error.
+    #[error(transparent)]
+    Database(sqlx::Error),
+}
+
+impl Error {
+    /// Whether retrying the operation (or the caller's whole transaction) may succeed:
+    /// version conflicts, serialization failures and deadlocks.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::VersionConflict { .. } => true,
+            Error::Database(sqlx::Error::Database(e)) => {
+                matches!(e.code().as_deref(), Some("40001" | "40P01"))
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether this is [`Error::NotFound`].
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound { .. })
+    }
+
+    /// Whether this is [`Error::Deleted`].
+    pub fn is_deleted(&self) -> bool {
+        matches!(self, Error::Deleted { .. })
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    /// Wraps a sqlx error, recognizing immu's append-only refusal and missing tables.
+    fn from(err: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &err {
+            let pg = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>();
+            match db.code().as_deref() {
+                Some(APPEND_ONLY_SQLSTATE) => {
+                    let table = pg.and_then(|e| e.table()).unwrap_or_default().to_owned();
+                    let operation = db
+                        .message()
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    return Error::AppendOnly { table, operation };
+                }
+                Some("42P01") => {
+                    // undefined_table: `relation "accounts" does not exist`
+                    let table = db.message().split('"').nth(1).unwrap_or_default().to_owned();
+                    return Error::MissingTable { table };
+                }
+                _ => {}
+            }
+        }
+        Error::Database(err)
+    }
+}
+
+/// Turns "not found" and "deleted" into `Ok(None)`, like diesel's `OptionalExtension`.
+///
+/// ```no_run
+/// # use immu_core::{Immutable, OptionalExt};
+/// # #[derive(Immutable)] #[immu(table = "accounts")] struct Account { owner: String }
+/// # async fn demo(pool: sqlx::PgPool, id: uuid::Uuid) -> immu_core::Result<()> {
+/// match Account::find(&pool, id).await.optional()? {
+///     Some(account) => println!("{} at version {}", account.owner, account.version),
+///     None => println!("no such account (or deleted)"),
+/// }
+/// # Ok(()) }
+/// ```
+pub trait OptionalExt<T> {
+    /// `Ok(None)` for [`Error::NotFound`] and [`Error::Deleted`]; other errors pass through.
+    fn optional(self) -> Result<Option<T>>;
+}
+
+impl<T> OptionalExt<T> for Result<T> {
+    fn optional(self) -> Result<Option<T>> {
+        match self {
+            Ok(value) => Ok(Some(value)),
+            Err(Error::NotFound { .. } | Error::Deleted { .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! DDL for versioned tables: Rust-to-PostgreSQL column types and the `CREATE TABLE` script the
+//! derive's metadata describes.
+
+/// Maps a Rust field type to the PostgreSQL column type used by the generated DDL.
+///
+/// Implemented for the types sqlx encodes out of the box. For any other type (your own
+/// `#[derive(sqlx::Type)]` enum, `rust_decimal::Decimal`, ...), name the column type on the field
+/// with `#[immu(sql_type = "...")]`, or store it as JSON with `#[immu(json)]`.
+#[diagnostic::on_unimplemented(
+    message = "immu does not know which PostgreSQL column type to use for `{Self}`",
+    label = "no column type for this field",
+    note = "name it on the field: #[immu(sql_type = \"...\")], or store the field as JSON with #[immu(json)]"
+)]
+pub trait ColumnType {
+    /// The PostgreSQL type, as written in `CREATE TABLE`.
+    const SQL_TYPE: &'static str;
+    /// Whether the column accepts SQL `NULL` (true only for `Option<T>`).
+    const NULLABLE: bool = false;
+}
+
+macro_rules! column_types {
+    ($($ty:ty => $sql:literal),* $(,)?) => {
+        $(impl ColumnType for $ty { const SQL_TYPE: &'static str = $sql; })*
+    };
+}
+
+column_types! {
+    bool => "boolean",
+    i8 => "\"char\"",
+    i16 => "smallint",
+    i32 => "integer",
+    i64 => "bigint",
+    f32 => "real",
+    f64 => "double precision",
+    String => "text",
+    Vec<u8> => "bytea",
+    uuid::Uuid => "uuid",
+    chrono::DateTime<chrono::Utc> => "timestamptz",
+    chrono::DateTime<chrono::FixedOffset> => "timestamptz",
+    chrono::NaiveDateTime => "timestamp",
+    chrono::NaiveDate => "date",
+    chrono::NaiveTime => "time",
+    serde_json::Value => "jsonb",
+}
+
+impl<T> ColumnType for sqlx::types::Json<T> {
+    const SQL_TYPE: &'static str = "jsonb";
+}
+
+impl<T: ColumnType> ColumnType for Option<T> {
+    const SQL_TYPE: &'static str = T::SQL_TYPE;
+    const NULLABLE: bool = true;
+}
+
+use crate::sql::{DELETED_AT, ENTITY_ID, ID, VALID_FROM, VERSION};
+use crate::{Error, Immutable, Result, TableDef};
+
+/// Longest table name immu accepts: names of the indexes it derives from the table name
+/// (`<table>_as_of_idx`, ...) must stay within PostgreSQL's 63 bytes, which it would otherwise
+/// truncate silently.
+pub const MAX_TABLE_NAME_LEN: usize = 48;
+/// PostgreSQL's identifier length limit (`NAMEDATALEN - 1`).
+pub const MAX_IDENTIFIER_LEN: usize = 63;
+
+/// Checks that `name` is an identifier immu can use for a table or column: non-empty, ASCII
+/// letters, digits and `_`, not starting with a digit, at most [`MAX_IDENTIFIER_LEN`] bytes.
+///
+/// SQL keywords (`order`, `user`, ...) are fine: immu quotes every identifier. The derive applies
+/// the same rules at compile time; this is the runtime check for hand-built [`TableDef`]s.
+///
+/// ```
+/// use immu_core::schema::validate_identifier;
+/// assert!(validate_identifier("order").is_ok());
+/// assert!(validate_identifier("drop table x; --").is_err());
+/// ```
+pub fn validate_identifier(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > MAX_IDENTIFIER_LEN {
+        Some("it is longer than PostgreSQL's 63-byte identifier limit")
+    } else if name.starts_with(|c: char| c.is_ascii_digit()) {
+        Some("it starts with a digit")
+    } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        Some("only ASCII letters, digits and '_' are allowed")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::InvalidIdentifier {
+            name: name.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Checks every name of a table description: identifiers, length of the table name, reserved and
+/// duplicate column names.
+pub fn validate_table(table: &TableDef) -> Result<()> {
+    validate_identifier(table.name)?;
+    if table.name.len() > MAX_TABLE_NAME_LEN {
+        return Err(Error::InvalidIdentifier {
+            name: table.name.to_owned(),
+            reason: "table names are limited to 48 bytes, so that the index names immu derives from them fit in 63",
+        });
+    }
+    for (i, column) in table.columns.iter().enumerate() {
+        validate_identifier(column.name)?;
+        if crate::RESERVED_COLUMNS
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(column.name))
+        {
+            return Err(Error::InvalidIdentifier {
+                name: column.name.to_owned(),
+                reason: "the column name is reserved by immu",
+            });
+        }
+        if table.columns[..i].iter().any(|c| c.name == column.name) {
+            return Err(Error::InvalidIdentifier {
+                name: column.name.to_owned(),
+                reason: "the column name is used twice",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The `CREATE TABLE` script for `T`'s versioned table: the reserved columns, the entity's own
+/// columns (types from [`ColumnType`] or `#[immu(sql_type)]`), the constraints, the index as-of
+/// reads need and the trigger that makes the table append-only in the database.
+///
+/// Paste it into a migration after immu's own migration (which creates `immu.refuse_change()`).
+///
+/// ```
+/// use immu_core::Immutable;
+///
+/// #[derive(Immutable)]
+/// #[immu(table = "accounts")]
+/// struct Account {
+///     owner: String,
+///     balance: i64,
+/// }
+///
+/// let ddl = immu_core::schema::create_table::<Account>().unwrap();
+/// assert!(ddl.contains(r#"CONSTRAINT "accounts_pkey" PRIMARY KEY ("entity_id", "version")"#));
+/// println!("{ddl}");
+/// ```
+///
+/// prints
+///
+/// ```sql
+/// -- Versioned table of `Account`, generated by immu_core::schema::create_table.
+/// -- Append-only: UPDATE, DELETE and TRUNCATE are refused by the trigger below.
+/// CREATE TABLE "accounts" (
+///     "id"         uuid        NOT NULL,
+///     "entity_id"  uuid        NOT NULL,
+///     "version"    bigint      NOT NULL,
+///     "valid_from" timestamptz NOT NULL,
+///     "deleted_at" timestamptz,
+///     "owner"      text        NOT NULL,
+///     "balance"    bigint      NOT NULL,
+///     CONSTRAINT "accounts_pkey" PRIMARY KEY ("entity_id", "version"),
+///     CONSTRAINT "accounts_id_key" UNIQUE ("id"),
+///     CONSTRAINT "immu_version_positive" CHECK ("version" >= 1),
+///     CONSTRAINT "immu_valid_from_finite" CHECK (isfinite("valid_from")),
+///     CONSTRAINT "immu_tombstone_at_valid_from" CHECK ("deleted_at" IS NULL OR "deleted_at" = "valid_from")
+/// );
+/// CREATE INDEX "accounts_as_of_idx" ON "accounts" ("entity_id", "valid_from", "version");
+/// CREATE TRIGGER "immu_append_only"
+///     BEFORE UPDATE OR DELETE OR TRUNCATE ON "accounts"
+///     FOR EACH STATEMENT EXECUTE FUNCTION immu.refuse_change();
+/// ALTER TABLE "accounts" ENABLE ALWAYS TRIGGER "immu_append_only";
+/// ```
+pub fn create_table<T: Immutable>() -> Result<String> {
+    create_table_for(&T::TABLE)
+}
+
+/// [`create_table`] for a table description.
+pub fn create_table_for(table: &TableDef) -> Result<String> {
+    validate_table(table)?;
+    let t = quote(table.name);
+    let reserved = [
+        (ID, "uuid", false),
+        (ENTITY_ID, "uuid", false),
+        (VERSION, "bigint", false),
+        (VALID_FROM, "timestamptz", false),
+        (DELETED_AT, "timestamptz", true),
+    ];
+    let own = table.columns.iter().map(|c| (c.name, c.sql_type, c.nullable));
+    let columns: Vec<(String, &str, bool)> = reserved
+        .into_iter()
+        .chain(own)
+        .map(|(n, ty, null)| (quote(n), ty, null))
+        .collect();
+    let name_width = columns.iter().map(|(n, _, _)| n.len()).max().unwrap_or(0);
+    let type_width = columns
+        .iter()
+        .filter(|c| !c.2)
+        .map(|(_, ty, _)| ty.len())
+        .max()
+        .unwrap_or(0);
+
+    let mut lines: Vec<String> = columns
+        .iter()
+        .map(|(name, ty, nullable)| {
+            if *nullable {
+                format!("    {name:<name_width$} {ty}")
+            } else {
+                format!("    {name:<name_width$} {ty:<type_width$} NOT NULL")
+            }
+        })
+        .collect();
+    let name = table.name;
+    lines.extend([
+        format!(r#"    CONSTRAINT "{name}_pkey" PRIMARY KEY ("entity_id", "version")"#),
+        format!(r#"    CONSTRAINT "{name}_id_key" UNIQUE ("id")"#),
+        r#"    CONSTRAINT "immu_version_positive" CHECK ("version" >= 1)"#.to_owned(),
+        r#"    CONSTRAINT "immu_valid_from_finite" CHECK (isfinite("valid_from"))"#.to_owned(),
+        r#"    CONSTRAINT "immu_tombstone_at_valid_from" CHECK ("deleted_at" IS NULL OR "deleted_at" = "valid_from")"#.to_owned(),
+    ]);
+    Ok(format!(
+        "-- Versioned table of `{rust}`, generated by immu_core::schema::create_table.\n\
+         -- Append-only: UPDATE, DELETE and TRUNCATE are refused by the trigger below.\n\
+         CREATE TABLE {t} (\n{body}\n);\n\
+         CREATE INDEX \"{name}_as_of_idx\" ON {t} (\"entity_id\", \"valid_from\", \"version\");\n\
+         CREATE TRIGGER \"immu_append_only\"\n    \
+             BEFORE UPDATE OR DELETE OR TRUNCATE ON {t}\n    \
+             FOR EACH STATEMENT EXECUTE FUNCTION immu.refuse_change();\n\
+         ALTER TABLE {t} ENABLE ALWAYS TRIGGER \"immu_append_only\";\n",
+        rust = table.rust_name,
+        body = lines.join(",\n"),
+    ))
+}
+
+/// Quotes an identifier for PostgreSQL (doubling any `"`; validated names have none).
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}

@@ -1,0 +1,219 @@
+//! The SQL text of every statement immu runs for one entity type, rendered once with sea-query
+//! and cached for the life of the process (see [`Immutable::__sql`](crate::Immutable)).
+//!
+//! Placeholders are numbered explicitly (`$1`, `$2`, ...) so that the read and write paths bind
+//! values in a fixed, documented order with sqlx's own encoders: any type sqlx can encode (your
+//! `#[derive(sqlx::Type)]` enums included) can be a column.
+
+use sea_query::{Alias, Expr, ExprTrait, Func, Keyword, Order, PostgresQueryBuilder, Query, SelectStatement};
+
+use crate::TableDef;
+use crate::entity::RESERVED_COLUMNS;
+use crate::resolve::{self, At, LATEST_META};
+
+pub(crate) const ID: &str = "id";
+pub(crate) const ENTITY_ID: &str = "entity_id";
+pub(crate) const VERSION: &str = "version";
+pub(crate) const VALID_FROM: &str = "valid_from";
+pub(crate) const DELETED_AT: &str = "deleted_at";
+
+/// The alias of the latest-version subquery in append statements.
+const LATEST: &str = "latest";
+/// The alias of the lateral subquery that computes the new version's timestamp.
+const NEXT: &str = "next";
+/// The column of [`NEXT`] holding the timestamp.
+const TS: &str = "ts";
+
+/// A positional bind placeholder.
+pub(crate) fn param(n: usize) -> Expr {
+    Expr::Keyword(Keyword::Custom(format!("${n}").into()))
+}
+
+/// The new version's `valid_from`: the database clock now, never earlier than the previous
+/// version's. Taken after the entity's lock, never from `now()` (the transaction start, which can
+/// order two writers backwards).
+fn next_valid_from() -> Expr {
+    Func::greatest([Expr::cust("clock_timestamp()"), Expr::col((LATEST, VALID_FROM))]).into()
+}
+
+/// Cached SQL statements of one versioned table. Built by [`Sql::new`] on first use.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Sql {
+    /// Current version of `$1`. Columns: reserved then own.
+    pub(crate) current: String,
+    /// Version of `$1` as of instant `$2`.
+    pub(crate) as_of: String,
+    /// Version `$2` of `$1`.
+    pub(crate) version: String,
+    /// All versions of `$1` in version order.
+    pub(crate) history: String,
+    /// New entity: `$1` id, `$2` entity_id, `$3..` own columns. Returns `valid_from`.
+    pub(crate) insert: String,
+    /// Next version with new data: `$1` id, `$2` entity_id, `$3` expected current version (or
+    /// NULL for any), `$4..` own columns. Inserts nothing if the latest version is a tombstone or
+    /// not the expected one. Returns `version, valid_from`.
+    pub(crate) append: String,
+    /// Tombstone copying the latest data: `$1` id, `$2` entity_id. Inserts nothing unless the
+    /// latest version is live. Returns all columns.
+    pub(crate) delete: String,
+    /// Live copy of a tombstone's data: `$1` id, `$2` entity_id. Inserts nothing unless the
+    /// latest version is a tombstone. Returns all columns.
+    pub(crate) undelete: String,
+}
+
+impl Sql {
+    /// Renders every statement of `table`.
+    pub fn new(table: &TableDef) -> Sql {
+        let all = || all_columns(table);
+        let own = || table.columns.iter().map(|c| c.name);
+        let render = |s: &SelectStatement| s.to_string(PostgresQueryBuilder);
+
+        let mut version = Query::select();
+        version
+            .columns(all())
+            .from(table.name)
+            .and_where(Expr::col(ENTITY_ID).eq(param(1)))
+            .and_where(Expr::col(VERSION).eq(param(2)));
+        let mut history = Query::select();
+        history
+            .columns(all())
+            .from(table.name)
+            .and_where(Expr::col(ENTITY_ID).eq(param(1)))
+            .order_by(VERSION, Order::Asc);
+
+        let insert = {
+            let values = [
+                param(1),
+                param(2),
+                Expr::val(1i64),
+                Expr::cust("clock_timestamp()"),
+                Expr::cust("NULL"),
+            ]
+            .into_iter()
+            .chain((0..table.columns.len()).map(|i| param(3 + i)));
+            let mut insert = Query::insert();
+            insert
+                .into_table(table.name)
+                .columns(all())
+                .values_panic(values)
+                .returning_col(VALID_FROM);
+            insert.to_string(PostgresQueryBuilder)
+        };
+
+        let append = {
+            let mut select = Query::select();
+            select
+                .expr(param(1))
+                .expr(Expr::col((LATEST, ENTITY_ID)))
+                .expr(Expr::col((LATEST, VERSION)).add(1))
+                .expr(next_valid_from())
+                .expr(Expr::cust("NULL::timestamptz"))
+                .exprs((0..table.columns.len()).map(|i| param(4 + i)))
+                .from_subquery(resolve::latest(table, LATEST_META, 2, At::Current), LATEST)
+                .and_where(Expr::col((LATEST, DELETED_AT)).is_null())
+                .and_where(param(3).is_null().or(Expr::col((LATEST, VERSION)).eq(param(3))));
+            insert_select(table, select, [VERSION, VALID_FROM])
+        };
+
+        let copy = |tombstone: bool| {
+            let mut select = Query::select();
+            select
+                .expr(param(1))
+                .expr(Expr::col((LATEST, ENTITY_ID)))
+                .expr(Expr::col((LATEST, VERSION)).add(1))
+                .expr(Expr::col((NEXT, TS)))
+                .expr(if tombstone {
+                    Expr::col((NEXT, TS))
+                } else {
+                    Expr::cust("NULL::timestamptz")
+                })
+                .exprs(own().map(|c| Expr::col((LATEST, c))))
+                .from_subquery(resolve::latest(table, all(), 2, At::Current), LATEST)
+                .join_lateral(
+                    sea_query::JoinType::InnerJoin,
+                    Query::select()
+                        .expr_as(next_valid_from(), Alias::new(TS))
+                        .to_owned(),
+                    NEXT,
+                    sea_query::Condition::all(),
+                );
+            let latest_deleted = Expr::col((LATEST, DELETED_AT));
+            select.and_where(if tombstone {
+                latest_deleted.is_null()
+            } else {
+                latest_deleted.is_not_null()
+            });
+            insert_select(table, select, all())
+        };
+
+        Sql {
+            current: render(&resolve::latest(table, all(), 1, At::Current)),
+            as_of: render(&resolve::latest(table, all(), 1, At::Instant(2))),
+            version: render(&version),
+            history: render(&history),
+            insert,
+            append,
+            delete: copy(true),
+            undelete: copy(false),
+        }
+    }
+}
+
+/// Every column of the table: the reserved ones, then the entity's own.
+pub(crate) fn all_columns(table: &TableDef) -> impl Iterator<Item = &'static str> + Clone + '_ {
+    RESERVED_COLUMNS
+        .into_iter()
+        .chain(table.columns.iter().map(|c| c.name))
+}
+
+/// `INSERT INTO <table> (<all columns>) <select> RETURNING <returning>`.
+fn insert_select<R>(table: &TableDef, select: SelectStatement, returning: R) -> String
+where
+    R: IntoIterator<Item = &'static str>,
+{
+    let mut insert = Query::insert();
+    insert
+        .into_table(table.name)
+        .columns(all_columns(table))
+        .select_from(select)
+        .expect("the select lists one expression per column")
+        .returning(Query::returning().columns(returning));
+    insert.to_string(PostgresQueryBuilder)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ColumnDef;
+
+    pub(crate) const ACCOUNTS: TableDef = TableDef {
+        name: "accounts",
+        rust_name: "Account",
+        columns: &[
+            ColumnDef {
+                name: "owner",
+                field: "owner",
+                sql_type: "text",
+                nullable: false,
+                json: false,
+            },
+            ColumnDef {
+                name: "order",
+                field: "order",
+                sql_type: "bigint",
+                nullable: false,
+                json: false,
+            },
+        ],
+    };
+
+    #[test]
+    fn statements_render() {
+        let sql = Sql::new(&ACCOUNTS);
+        assert_eq!(
+            sql.current,
+            r#"SELECT "id", "entity_id", "version", "valid_from", "deleted_at", "owner", "order" FROM "accounts" WHERE "entity_id" = $1 ORDER BY "version" DESC LIMIT 1"#
+        );
+    }
+}

@@ -1,0 +1,92 @@
+//! Validation of an [`Entity`]: table and column names, reserved and duplicate
+//! columns, `sql_type` values. Every problem is recorded, spanned on the offending token.
+
+use std::collections::HashMap;
+
+use crate::ast::{Entity, Field, Name};
+use crate::errors::Errors;
+use crate::names::{NameKind, Reserved, identifier_problem, reserved, show};
+
+impl Entity<'_> {
+    /// Records every problem of the entity in `errors`.
+    pub(crate) fn validate(&self, errors: &mut Errors) {
+        check_name(&self.table, NameKind::Table, &self.rust_name, errors);
+
+        // Column name -> the field that took it first.
+        let mut taken: HashMap<&str, &Field<'_>> = HashMap::new();
+        for field in &self.fields {
+            if !check_name(&field.column, NameKind::Column, &field.field_name, errors) {
+                continue;
+            }
+            if let Some(reserved) = reserved(&field.column.value) {
+                errors.at(field.column.span, reserved_message(field, reserved));
+            } else if let Some(first) = taken.get(field.column.value.as_str()) {
+                let hint = if field.column.from_attr && first.column.from_attr {
+                    "give one of them another name"
+                } else {
+                    "give one of them another name with #[immu(rename = \"...\")]"
+                };
+                errors.at(
+                    field.column.span,
+                    format!(
+                        "column `{}` is already used by field `{}`; {hint}",
+                        field.column.value, first.field_name
+                    ),
+                );
+            } else {
+                taken.insert(&field.column.value, field);
+            }
+            if let Some(sql_type) = &field.sql_type
+                && sql_type.value().trim().is_empty()
+            {
+                errors.at(
+                    sql_type.span(),
+                    "`sql_type` must name a PostgreSQL type, such as \"numeric(12,2)\"",
+                );
+            }
+        }
+    }
+}
+
+/// Checks a table or column name; records the problem and returns false if it is invalid.
+/// `rust` is the Rust name it belongs to (the struct or the field).
+fn check_name(name: &Name, kind: NameKind, rust: &str, errors: &mut Errors) -> bool {
+    let Some(problem) = identifier_problem(&name.value, kind) else {
+        return true;
+    };
+    let noun = kind.noun();
+    let message = if name.from_attr {
+        format!("invalid {noun} name {}: {problem}", show(&name.value))
+    } else {
+        let (what, key) = match kind {
+            NameKind::Table => ("struct", "table"),
+            NameKind::Column => ("field", "rename"),
+        };
+        format!(
+            "the {what} name `{rust}` cannot be used as the {noun} name {}: {problem}; \
+             name the {noun} with #[immu({key} = \"...\")]",
+            show(&name.value)
+        )
+    };
+    errors.at(name.span, message);
+    false
+}
+
+/// The error for a column name that collides with a reserved column.
+fn reserved_message(field: &Field<'_>, reserved: Reserved) -> String {
+    let name = &field.column.value;
+    let fix = if field.column.from_attr {
+        "choose another name in #[immu(rename = \"...\")]"
+    } else {
+        "rename the field or use #[immu(rename = \"...\")]"
+    };
+    match reserved {
+        Reserved::Exact(r) => {
+            format!("column `{r}` is reserved by immu (every versioned table has it); {fix}")
+        }
+        Reserved::CaseVariant(r) => format!(
+            "column `{name}` differs from immu's reserved column `{r}` only in case, which would be \
+             confusing; {fix}"
+        ),
+    }
+}

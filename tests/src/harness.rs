@@ -1,0 +1,211 @@
+//! A small test harness on libtest-mimic: one PostgreSQL server for the whole run (a throwaway
+//! one unless `DATABASE_URL` is set), a migrated template database, and a fresh database cloned
+//! from it for every test. The server is stopped and its directory removed when the run ends.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+
+/// What a test returns.
+pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// A registered test: its name and its body.
+pub struct Test {
+    /// `module::function`.
+    pub name: &'static str,
+    /// The test body, given a fresh database.
+    pub run: fn(Db) -> Pin<Box<dyn Future<Output = TestResult> + Send>>,
+}
+
+/// Lists test functions `async fn(Db) -> TestResult` of a module as `pub fn tests() -> Vec<Test>`.
+///
+/// A function missing from the list is never called, so the compiler's dead-code lint (denied in
+/// CI) flags it.
+#[macro_export]
+macro_rules! tests {
+    ($($name:ident),* $(,)?) => {
+        /// The tests of this module.
+        pub fn tests() -> Vec<$crate::harness::Test> {
+            vec![$($crate::harness::Test {
+                name: concat!(module_path!(), "::", stringify!($name)),
+                run: |db| Box::pin($name(db)),
+            }),*]
+        }
+    };
+}
+
+/// A fresh database for one test.
+#[derive(Clone, Debug)]
+pub struct Db {
+    /// A pool on the test's database.
+    pub pool: PgPool,
+    /// Connection options of the test's database (for extra connections).
+    pub options: PgConnectOptions,
+}
+
+impl Db {
+    /// A new connection to the test's database, outside the pool.
+    pub async fn connect(&self) -> sqlx::Result<PgConnection> {
+        self.options.connect().await
+    }
+
+    /// A pool of up to `max` connections on the test's database.
+    pub async fn pool(&self, max: u32) -> sqlx::Result<PgPool> {
+        PgPoolOptions::new()
+            .max_connections(max)
+            .connect_with(self.options.clone())
+            .await
+    }
+}
+
+/// The server the run uses.
+enum Server {
+    External,
+    Temp(immu_testdb::TempPostgres),
+}
+
+struct Context {
+    admin: PgConnectOptions,
+    counter: AtomicUsize,
+    template: String,
+}
+
+const TEMPLATE: &str = "immu_test_template";
+
+/// Runs `tests` under libtest-mimic's command line (`cargo test --test db -- <filter>`).
+pub fn main(tests: Vec<Test>) -> ExitCode {
+    let args = libtest_mimic::Arguments::from_args();
+    if args.list {
+        let trials = tests
+            .into_iter()
+            .map(|t| libtest_mimic::Trial::test(display_name(t.name), || Ok(())))
+            .collect();
+        return libtest_mimic::run(&args, trials).exit_code();
+    }
+    let (server, url) = match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => (Server::External, url),
+        _ => match immu_testdb::TempPostgres::builder()
+            .setting("max_connections", "300")
+            .start()
+        {
+            Ok(pg) => {
+                let url = pg.url().to_owned();
+                (Server::Temp(pg), url)
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let context = match runtime().block_on(Context::new(&url)) {
+        Ok(context) => Arc::new(context),
+        Err(err) => {
+            eprintln!("error: preparing the template database on {url}: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let trials = tests
+        .into_iter()
+        .map(|test| {
+            let context = Arc::clone(&context);
+            libtest_mimic::Trial::test(display_name(test.name), move || {
+                runtime()
+                    .block_on(context.run(test))
+                    .map_err(|e| e.to_string().into())
+            })
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    if let Err(err) = runtime().block_on(context.drop_template()) {
+        eprintln!("warning: dropping the template database: {err}");
+    }
+    if let Server::Temp(pg) = server
+        && let Err(err) = pg.stop()
+    {
+        eprintln!("warning: stopping the test server: {err}");
+    }
+    conclusion.exit_code()
+}
+
+fn display_name(name: &str) -> String {
+    name.split_once("::").map_or(name, |(_, rest)| rest).to_owned()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+impl Context {
+    async fn new(url: &str) -> Result<Context, Box<dyn std::error::Error>> {
+        let admin: PgConnectOptions = url.parse()?;
+        let template = format!("{TEMPLATE}_{}", std::process::id());
+        let mut conn = admin.connect().await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {template}")))
+            .execute(&mut conn)
+            .await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {template}")))
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
+        let mut conn = admin.clone().database(&template).connect().await?;
+        immu_core::MIGRATOR.run(&mut conn).await?;
+        crate::MIGRATOR.run(&mut conn).await?;
+        conn.close().await?;
+        Ok(Context {
+            admin,
+            counter: AtomicUsize::new(0),
+            template,
+        })
+    }
+
+    async fn run(&self, test: Test) -> TestResult {
+        let name = format!(
+            "{}_{}",
+            self.template,
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut admin = self.admin.connect().await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE {name} TEMPLATE {}",
+            self.template
+        )))
+        .execute(&mut admin)
+        .await?;
+        let options = self.admin.clone().database(&name);
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(options.clone())
+            .await?;
+        let outcome = (test.run)(Db {
+            pool: pool.clone(),
+            options,
+        })
+        .await;
+        pool.close().await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
+            .execute(&mut admin)
+            .await?;
+        outcome
+    }
+
+    async fn drop_template(&self) -> sqlx::Result<()> {
+        let mut admin = self.admin.connect().await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.template
+        )))
+        .execute(&mut admin)
+        .await?;
+        Ok(())
+    }
+}

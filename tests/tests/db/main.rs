@@ -1,0 +1,27 @@
+//! Integration tests against a real PostgreSQL server: a throwaway one started for the run
+//! (from the locally installed binaries, as the `postgres` user when run as root) unless
+//! `DATABASE_URL` is set. Every test gets a fresh database with immu's and the test tables'
+//! migrations applied.
+//!
+//! Run: `cargo test --workspace` (all tests) or `cargo test --test db -- <filter>`.
+
+mod concurrency;
+mod raw_sql;
+mod reads;
+mod schema;
+mod writes;
+
+fn main() -> std::process::ExitCode {
+    immu_tests::harness::main(
+        [
+            writes::tests(),
+            reads::tests(),
+            raw_sql::tests(),
+            schema::tests(),
+            concurrency::tests(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+    )
+}

@@ -1,0 +1,197 @@
+//! The database itself enforces append-only history, whatever SQL a user runs.
+
+use immu_core::{Error, Immutable};
+use immu_tests::harness::{Db, TestResult};
+use immu_tests::models::{Account, NeverMigrated};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+immu_tests::tests![
+    raw_update_is_refused_with_a_clear_error,
+    raw_update_matching_no_row_is_refused_too,
+    raw_delete_is_refused,
+    raw_truncate_is_refused,
+    refusal_holds_under_replica_replication_role,
+    refusal_holds_for_keyword_named_tables,
+    duplicate_version_insert_is_refused_by_the_key,
+    infinite_or_non_positive_versions_and_times_are_refused,
+    tombstone_must_be_stamped_at_its_valid_from,
+    missing_table_is_a_typed_error,
+];
+
+/// Runs `sql` and returns the database error it fails with.
+async fn refusal(
+    conn: &mut PgConnection,
+    sql: &'static str,
+) -> Result<Error, Box<dyn std::error::Error + Send + Sync>> {
+    match sqlx::raw_sql(sql).execute(conn).await {
+        Ok(_) => Err(format!("{sql:?} was not refused").into()),
+        Err(err) => Ok(Error::from(err)),
+    }
+}
+
+fn assert_append_only(err: &Error, table: &str, operation: &str) {
+    match err {
+        Error::AppendOnly {
+            table: t,
+            operation: op,
+        } => {
+            assert_eq!((t.as_str(), op.as_str()), (table, operation), "{err:?}");
+        }
+        other => panic!("expected AppendOnly, got {other:?}"),
+    }
+    let message = err.to_string();
+    assert!(
+        message.contains(table) && message.contains("append-only"),
+        "{message}"
+    );
+}
+
+async fn raw_update_is_refused_with_a_clear_error(db: Db) -> TestResult {
+    let v1 = Account::insert(&db.pool, Account::new("ada", 100)).await?;
+    let mut conn = db.connect().await?;
+    let raw = sqlx::raw_sql("UPDATE accounts SET balance = 0")
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    // What the database says, as a psql user would see it:
+    let db_err = raw.as_database_error().expect("a database error");
+    assert_eq!(db_err.code().as_deref(), Some(immu_core::APPEND_ONLY_SQLSTATE));
+    assert_eq!(
+        db_err.message(),
+        r#"UPDATE on "accounts" refused: the table is append-only"#
+    );
+    assert_append_only(&Error::from(raw), "accounts", "UPDATE");
+    assert_eq!(
+        Account::find(&db.pool, v1.entity_id).await?,
+        v1,
+        "nothing changed"
+    );
+    Ok(())
+}
+
+async fn raw_update_matching_no_row_is_refused_too(db: Db) -> TestResult {
+    let mut conn = db.connect().await?;
+    let err = refusal(&mut conn, "UPDATE accounts SET balance = 0 WHERE false").await?;
+    assert_append_only(&err, "accounts", "UPDATE");
+    Ok(())
+}
+
+async fn raw_delete_is_refused(db: Db) -> TestResult {
+    let v1 = Account::insert(&db.pool, Account::new("ada", 100)).await?;
+    let mut conn = db.connect().await?;
+    let err = refusal(&mut conn, "DELETE FROM accounts").await?;
+    assert_append_only(&err, "accounts", "DELETE");
+    assert_eq!(Account::history(&db.pool, v1.entity_id).await?, vec![v1]);
+    Ok(())
+}
+
+async fn raw_truncate_is_refused(db: Db) -> TestResult {
+    let v1 = Account::insert(&db.pool, Account::new("ada", 100)).await?;
+    let mut conn = db.connect().await?;
+    let err = refusal(&mut conn, "TRUNCATE accounts").await?;
+    assert_append_only(&err, "accounts", "TRUNCATE");
+    assert_eq!(Account::history(&db.pool, v1.entity_id).await?, vec![v1]);
+    Ok(())
+}
+
+async fn refusal_holds_under_replica_replication_role(db: Db) -> TestResult {
+    let v1 = Account::insert(&db.pool, Account::new("ada", 100)).await?;
+    let mut conn = db.connect().await?;
+    // The test role is a superuser, as the table owner often is: an ordinary trigger is skipped
+    // in replica mode, an ENABLE ALWAYS trigger is not.
+    sqlx::raw_sql("SET session_replication_role = replica")
+        .execute(&mut conn)
+        .await?;
+    for (sql, op) in [
+        ("UPDATE accounts SET balance = 0", "UPDATE"),
+        ("DELETE FROM accounts", "DELETE"),
+        ("TRUNCATE accounts", "TRUNCATE"),
+    ] {
+        let err = refusal(&mut conn, sql).await?;
+        assert_append_only(&err, "accounts", op);
+    }
+    assert_eq!(Account::history(&db.pool, v1.entity_id).await?, vec![v1]);
+    Ok(())
+}
+
+async fn refusal_holds_for_keyword_named_tables(db: Db) -> TestResult {
+    let mut conn = db.connect().await?;
+    let err = refusal(&mut conn, r#"UPDATE "order" SET "user" = 'x'"#).await?;
+    assert_append_only(&err, "order", "UPDATE");
+    let err = refusal(&mut conn, r#"DELETE FROM "order""#).await?;
+    assert_append_only(&err, "order", "DELETE");
+    Ok(())
+}
+
+async fn duplicate_version_insert_is_refused_by_the_key(db: Db) -> TestResult {
+    let v1 = Account::insert(&db.pool, Account::new("ada", 100)).await?;
+    let err = sqlx::query(
+        "INSERT INTO accounts (id, entity_id, version, valid_from, owner, balance) VALUES ($1, $2, 1, now(), 'x', 0)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(v1.entity_id)
+    .execute(&db.pool)
+    .await
+    .unwrap_err();
+    let db_err = err.as_database_error().expect("a database error");
+    assert!(db_err.is_unique_violation(), "{err}");
+    assert_eq!(db_err.constraint(), Some("accounts_pkey"));
+    assert_eq!(Account::history(&db.pool, v1.entity_id).await?, vec![v1]);
+    Ok(())
+}
+
+async fn infinite_or_non_positive_versions_and_times_are_refused(db: Db) -> TestResult {
+    for (sql, constraint) in [
+        (
+            "INSERT INTO accounts (id, entity_id, version, valid_from, owner, balance) VALUES (gen_random_uuid(), gen_random_uuid(), 1, 'infinity', 'x', 0)",
+            "immu_valid_from_finite",
+        ),
+        (
+            "INSERT INTO accounts (id, entity_id, version, valid_from, owner, balance) VALUES (gen_random_uuid(), gen_random_uuid(), 1, '-infinity', 'x', 0)",
+            "immu_valid_from_finite",
+        ),
+        (
+            "INSERT INTO accounts (id, entity_id, version, valid_from, owner, balance) VALUES (gen_random_uuid(), gen_random_uuid(), 0, now(), 'x', 0)",
+            "immu_version_positive",
+        ),
+    ] {
+        let err = sqlx::raw_sql(sql).execute(&db.pool).await.unwrap_err();
+        let db_err = err.as_database_error().expect("a database error");
+        assert_eq!(db_err.constraint(), Some(constraint), "{err}");
+    }
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts")
+        .fetch_one(&db.pool)
+        .await?;
+    assert_eq!(total, 0);
+    Ok(())
+}
+
+async fn tombstone_must_be_stamped_at_its_valid_from(db: Db) -> TestResult {
+    let err = sqlx::raw_sql(
+        "INSERT INTO accounts (id, entity_id, version, valid_from, deleted_at, owner, balance)
+         VALUES (gen_random_uuid(), gen_random_uuid(), 1, now(), now() - interval '1 day', 'x', 0)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.as_database_error().and_then(|e| e.constraint()),
+        Some("immu_tombstone_at_valid_from")
+    );
+    Ok(())
+}
+
+async fn missing_table_is_a_typed_error(db: Db) -> TestResult {
+    let err = NeverMigrated::insert(&db.pool, NeverMigrated { name: "x".into() })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::MissingTable { table } if table == "never_migrated"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("create_table"), "{err}");
+    let err = NeverMigrated::find(&db.pool, Uuid::now_v7()).await.unwrap_err();
+    assert!(matches!(&err, Error::MissingTable { .. }), "{err:?}");
+    Ok(())
+}

@@ -1,0 +1,6 @@
+use immu_core::Immutable;
+
+#[derive(Immutable)]
+struct Marker;
+
+fn main() {}
