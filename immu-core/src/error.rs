@@ -149,12 +149,7 @@ impl From<sqlx::Error> for Error {
             match db.code().as_deref() {
                 Some(APPEND_ONLY_SQLSTATE) => {
                     let table = pg.and_then(|e| e.table()).unwrap_or_default().to_owned();
-                    let operation = db
-                        .message()
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
+                    let operation = db.message().split_whitespace().next().unwrap_or_default().to_owned();
                     return Error::AppendOnly { table, operation };
                 }
                 Some("42P01") => {

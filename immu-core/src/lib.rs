@@ -107,10 +107,11 @@ pub use immu_derive::Immutable;
 /// never see each other's entries.
 ///
 /// ```no_run
-/// # async fn demo(pool: sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-/// immu_core::MIGRATOR.run(&pool).await?;
-/// sqlx::migrate!("./migrations").run(&pool).await?; // your tables
-/// # Ok(()) }
+/// /// At startup: immu's objects first, then your migrations (for example `sqlx::migrate!()`).
+/// async fn migrate(pool: &sqlx::PgPool, app: &sqlx::migrate::Migrator) -> Result<(), sqlx::migrate::MigrateError> {
+///     immu_core::MIGRATOR.run(pool).await?;
+///     app.run(pool).await
+/// }
 /// ```
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
@@ -125,3 +126,8 @@ pub mod __private {
     pub use sqlx::{Arguments, Row};
     pub use std::sync::OnceLock;
 }
+
+/// The README's Rust examples, compiled by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -15,10 +15,7 @@ where
     T: Immutable,
     E: Executor<'c, Database = Postgres>,
 {
-    let row = sqlx::query(T::__sql().current.as_str())
-        .bind(entity_id)
-        .fetch_optional(db)
-        .await?;
+    let row = sqlx::query(T::__sql().current.as_str()).bind(entity_id).fetch_optional(db).await?;
     live(row, entity_id)
 }
 
@@ -28,11 +25,7 @@ where
     T: Immutable,
     E: Executor<'c, Database = Postgres>,
 {
-    let row = sqlx::query(T::__sql().as_of.as_str())
-        .bind(entity_id)
-        .bind(at)
-        .fetch_optional(db)
-        .await?;
+    let row = sqlx::query(T::__sql().as_of.as_str()).bind(entity_id).bind(at).fetch_optional(db).await?;
     live(row, entity_id)
 }
 
@@ -42,18 +35,11 @@ where
     T: Immutable,
     E: Executor<'c, Database = Postgres>,
 {
-    let row = sqlx::query(T::__sql().version.as_str())
-        .bind(entity_id)
-        .bind(version)
-        .fetch_optional(db)
-        .await?;
+    let row =
+        sqlx::query(T::__sql().version.as_str()).bind(entity_id).bind(version).fetch_optional(db).await?;
     match row {
         Some(row) => Ok(Versioned::decode(&row)?),
-        None => Err(Error::NotFound {
-            table: T::TABLE.name,
-            entity_id,
-            version: Some(version),
-        }),
+        None => Err(Error::NotFound { table: T::TABLE.name, entity_id, version: Some(version) }),
     }
 }
 
@@ -63,16 +49,9 @@ where
     T: Immutable,
     E: Executor<'c, Database = Postgres>,
 {
-    let rows = sqlx::query(T::__sql().history.as_str())
-        .bind(entity_id)
-        .fetch_all(db)
-        .await?;
+    let rows = sqlx::query(T::__sql().history.as_str()).bind(entity_id).fetch_all(db).await?;
     if rows.is_empty() {
-        return Err(Error::NotFound {
-            table: T::TABLE.name,
-            entity_id,
-            version: None,
-        });
+        return Err(Error::NotFound { table: T::TABLE.name, entity_id, version: None });
     }
     rows.iter().map(|row| Ok(Versioned::decode(row)?)).collect()
 }
@@ -81,20 +60,13 @@ where
 /// [`Error::Deleted`].
 pub(crate) fn live<T: Immutable>(row: Option<PgRow>, entity_id: Uuid) -> Result<Versioned<T>> {
     let Some(row) = row else {
-        return Err(Error::NotFound {
-            table: T::TABLE.name,
-            entity_id,
-            version: None,
-        });
+        return Err(Error::NotFound { table: T::TABLE.name, entity_id, version: None });
     };
     let version = Versioned::<T>::decode(&row)?;
     match version.deleted_at {
-        Some(deleted_at) => Err(Error::Deleted {
-            table: T::TABLE.name,
-            entity_id,
-            version: version.version,
-            deleted_at,
-        }),
+        Some(deleted_at) => {
+            Err(Error::Deleted { table: T::TABLE.name, entity_id, version: version.version, deleted_at })
+        }
         None => Ok(version),
     }
 }

@@ -38,10 +38,7 @@ where
     I: IntoIterator<Item = &'static str>,
 {
     let mut select = Query::select();
-    select
-        .columns(columns)
-        .from(table.name)
-        .and_where(Expr::col(ENTITY_ID).eq(crate::sql::param(entity)));
+    select.columns(columns).from(table.name).and_where(Expr::col(ENTITY_ID).eq(crate::sql::param(entity)));
     match at {
         At::Current => {
             select.order_by(VERSION, Order::Desc);

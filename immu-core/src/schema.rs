@@ -86,10 +86,7 @@ pub fn validate_identifier(name: &str) -> Result<()> {
         None
     };
     match reason {
-        Some(reason) => Err(Error::InvalidIdentifier {
-            name: name.to_owned(),
-            reason,
-        }),
+        Some(reason) => Err(Error::InvalidIdentifier { name: name.to_owned(), reason }),
         None => Ok(()),
     }
 }
@@ -106,10 +103,7 @@ pub fn validate_table(table: &TableDef) -> Result<()> {
     }
     for (i, column) in table.columns.iter().enumerate() {
         validate_identifier(column.name)?;
-        if crate::RESERVED_COLUMNS
-            .iter()
-            .any(|r| r.eq_ignore_ascii_case(column.name))
-        {
+        if crate::RESERVED_COLUMNS.iter().any(|r| r.eq_ignore_ascii_case(column.name)) {
             return Err(Error::InvalidIdentifier {
                 name: column.name.to_owned(),
                 reason: "the column name is reserved by immu",
@@ -187,18 +181,10 @@ pub fn create_table_for(table: &TableDef) -> Result<String> {
         (DELETED_AT, "timestamptz", true),
     ];
     let own = table.columns.iter().map(|c| (c.name, c.sql_type, c.nullable));
-    let columns: Vec<(String, &str, bool)> = reserved
-        .into_iter()
-        .chain(own)
-        .map(|(n, ty, null)| (quote(n), ty, null))
-        .collect();
+    let columns: Vec<(String, &str, bool)> =
+        reserved.into_iter().chain(own).map(|(n, ty, null)| (quote(n), ty, null)).collect();
     let name_width = columns.iter().map(|(n, _, _)| n.len()).max().unwrap_or(0);
-    let type_width = columns
-        .iter()
-        .filter(|c| !c.2)
-        .map(|(_, ty, _)| ty.len())
-        .max()
-        .unwrap_or(0);
+    let type_width = columns.iter().filter(|c| !c.2).map(|(_, ty, _)| ty.len()).max().unwrap_or(0);
 
     let mut lines: Vec<String> = columns
         .iter()

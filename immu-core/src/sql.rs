@@ -83,21 +83,12 @@ impl Sql {
             .order_by(VERSION, Order::Asc);
 
         let insert = {
-            let values = [
-                param(1),
-                param(2),
-                Expr::val(1i64),
-                Expr::cust("clock_timestamp()"),
-                Expr::cust("NULL"),
-            ]
-            .into_iter()
-            .chain((0..table.columns.len()).map(|i| param(3 + i)));
+            let values =
+                [param(1), param(2), Expr::val(1i64), Expr::cust("clock_timestamp()"), Expr::cust("NULL")]
+                    .into_iter()
+                    .chain((0..table.columns.len()).map(|i| param(3 + i)));
             let mut insert = Query::insert();
-            insert
-                .into_table(table.name)
-                .columns(all())
-                .values_panic(values)
-                .returning_col(VALID_FROM);
+            insert.into_table(table.name).columns(all()).values_panic(values).returning_col(VALID_FROM);
             insert.to_string(PostgresQueryBuilder)
         };
 
@@ -123,27 +114,17 @@ impl Sql {
                 .expr(Expr::col((LATEST, ENTITY_ID)))
                 .expr(Expr::col((LATEST, VERSION)).add(1))
                 .expr(Expr::col((NEXT, TS)))
-                .expr(if tombstone {
-                    Expr::col((NEXT, TS))
-                } else {
-                    Expr::cust("NULL::timestamptz")
-                })
+                .expr(if tombstone { Expr::col((NEXT, TS)) } else { Expr::cust("NULL::timestamptz") })
                 .exprs(own().map(|c| Expr::col((LATEST, c))))
                 .from_subquery(resolve::latest(table, all(), 2, At::Current), LATEST)
                 .join_lateral(
                     sea_query::JoinType::InnerJoin,
-                    Query::select()
-                        .expr_as(next_valid_from(), Alias::new(TS))
-                        .to_owned(),
+                    Query::select().expr_as(next_valid_from(), Alias::new(TS)).to_owned(),
                     NEXT,
                     sea_query::Condition::all(),
                 );
             let latest_deleted = Expr::col((LATEST, DELETED_AT));
-            select.and_where(if tombstone {
-                latest_deleted.is_null()
-            } else {
-                latest_deleted.is_not_null()
-            });
+            select.and_where(if tombstone { latest_deleted.is_null() } else { latest_deleted.is_not_null() });
             insert_select(table, select, all())
         };
 
@@ -162,9 +143,7 @@ impl Sql {
 
 /// Every column of the table: the reserved ones, then the entity's own.
 pub(crate) fn all_columns(table: &TableDef) -> impl Iterator<Item = &'static str> + Clone + '_ {
-    RESERVED_COLUMNS
-        .into_iter()
-        .chain(table.columns.iter().map(|c| c.name))
+    RESERVED_COLUMNS.into_iter().chain(table.columns.iter().map(|c| c.name))
 }
 
 /// `INSERT INTO <table> (<all columns>) <select> RETURNING <returning>`.
@@ -191,20 +170,8 @@ mod tests {
         name: "accounts",
         rust_name: "Account",
         columns: &[
-            ColumnDef {
-                name: "owner",
-                field: "owner",
-                sql_type: "text",
-                nullable: false,
-                json: false,
-            },
-            ColumnDef {
-                name: "order",
-                field: "order",
-                sql_type: "bigint",
-                nullable: false,
-                json: false,
-            },
+            ColumnDef { name: "owner", field: "owner", sql_type: "text", nullable: false, json: false },
+            ColumnDef { name: "order", field: "order", sql_type: "bigint", nullable: false, json: false },
         ],
     };
 

@@ -45,14 +45,7 @@ where
         query.fetch_one(&mut *conn).await?
     };
     tracing::debug!(%entity_id, "inserted version 1");
-    Ok(Versioned {
-        id,
-        entity_id,
-        version: 1,
-        valid_from,
-        deleted_at: None,
-        data: value,
-    })
+    Ok(Versioned { id, entity_id, version: 1, valid_from, deleted_at: None, data: value })
 }
 
 /// Appends `value` as the next version, optionally only if the current version is `expected`.
@@ -88,9 +81,7 @@ where
     E: From<Error>,
 {
     let mut tx = db.begin().await.map_err(Error::from)?;
-    lock_entity(&mut tx, T::TABLE.name, entity_id)
-        .await
-        .map_err(Error::from)?;
+    lock_entity(&mut tx, T::TABLE.name, entity_id).await.map_err(Error::from)?;
     let row = sqlx::query(T::__sql().current.as_str())
         .bind(entity_id)
         .fetch_optional(&mut *tx)
@@ -156,14 +147,7 @@ async fn append<T: Immutable>(
     };
     let (version, valid_from) = (row.try_get(0)?, row.try_get(1)?);
     tracing::debug!(%entity_id, version, "appended version");
-    Ok(Versioned {
-        id,
-        entity_id,
-        version,
-        valid_from,
-        deleted_at: None,
-        data: value,
-    })
+    Ok(Versioned { id, entity_id, version, valid_from, deleted_at: None, data: value })
 }
 
 /// Delete or undelete: lock, then append a copy of the latest version's data.
@@ -173,11 +157,7 @@ where
     A: Acquire<'c, Database = Postgres> + Send + 'c,
 {
     let sql = T::__sql();
-    let statement = if intent == Intent::Delete {
-        &sql.delete
-    } else {
-        &sql.undelete
-    };
+    let statement = if intent == Intent::Delete { &sql.delete } else { &sql.undelete };
     let mut tx = db.begin().await?;
     lock_entity(&mut tx, T::TABLE.name, entity_id).await?;
     let row = sqlx::query(statement.as_str())
@@ -199,62 +179,32 @@ where
 /// entity's lock, so the answer is the one the statement saw).
 async fn refusal<T: Immutable>(conn: &mut PgConnection, entity_id: Uuid, intent: Intent) -> Error {
     let table = T::TABLE.name;
-    let latest: Option<PgRow> = match sqlx::query(T::__sql().current.as_str())
-        .bind(entity_id)
-        .fetch_optional(&mut *conn)
-        .await
-    {
-        Ok(row) => row,
-        Err(err) => return err.into(),
-    };
-    let Some(latest) = latest else {
-        return Error::NotFound {
-            table,
-            entity_id,
-            version: None,
+    let latest: Option<PgRow> =
+        match sqlx::query(T::__sql().current.as_str()).bind(entity_id).fetch_optional(&mut *conn).await {
+            Ok(row) => row,
+            Err(err) => return err.into(),
         };
+    let Some(latest) = latest else {
+        return Error::NotFound { table, entity_id, version: None };
     };
-    let meta = latest.try_get::<i64, _>(2).and_then(|version| {
-        Ok((
-            version,
-            latest.try_get::<Option<chrono::DateTime<chrono::Utc>>, _>(4)?,
-        ))
-    });
+    let meta = latest
+        .try_get::<i64, _>(2)
+        .and_then(|version| Ok((version, latest.try_get::<Option<chrono::DateTime<chrono::Utc>>, _>(4)?)));
     let (version, deleted_at) = match meta {
         Ok(meta) => meta,
         Err(err) => return err.into(),
     };
     match (intent, deleted_at) {
-        (Intent::Update { .. } | Intent::Delete, Some(deleted_at)) => Error::Deleted {
-            table,
-            entity_id,
-            version,
-            deleted_at,
-        },
-        (Intent::Undelete, None) => Error::NotDeleted {
-            table,
-            entity_id,
-            version,
-        },
-        (
-            Intent::Update {
-                expected: Some(expected),
-            },
-            None,
-        ) => Error::VersionConflict {
-            table,
-            entity_id,
-            expected: Some(expected),
-            actual: Some(version),
-        },
+        (Intent::Update { .. } | Intent::Delete, Some(deleted_at)) => {
+            Error::Deleted { table, entity_id, version, deleted_at }
+        }
+        (Intent::Undelete, None) => Error::NotDeleted { table, entity_id, version },
+        (Intent::Update { expected: Some(expected) }, None) => {
+            Error::VersionConflict { table, entity_id, expected: Some(expected), actual: Some(version) }
+        }
         // The statement saw a state that the re-read does not show: only possible if the
         // snapshot moved, i.e. someone wrote without the lock. Report it as a conflict.
-        _ => Error::VersionConflict {
-            table,
-            entity_id,
-            expected: None,
-            actual: Some(version),
-        },
+        _ => Error::VersionConflict { table, entity_id, expected: None, actual: Some(version) },
     }
 }
 
@@ -262,20 +212,13 @@ async fn refusal<T: Immutable>(conn: &mut PgConnection, entity_id: Uuid, intent:
 /// any other error converts as usual.
 fn conflict_or<T: Immutable>(err: sqlx::Error, entity_id: Uuid, intent: Intent) -> Error {
     if let sqlx::Error::Database(db) = &err {
-        let pkey = db
-            .constraint()
-            .is_some_and(|c| c.strip_suffix("_pkey") == Some(T::TABLE.name));
+        let pkey = db.constraint().is_some_and(|c| c.strip_suffix("_pkey") == Some(T::TABLE.name));
         if db.is_unique_violation() && pkey {
             let expected = match intent {
                 Intent::Update { expected } => expected,
                 Intent::Delete | Intent::Undelete => None,
             };
-            return Error::VersionConflict {
-                table: T::TABLE.name,
-                entity_id,
-                expected,
-                actual: None,
-            };
+            return Error::VersionConflict { table: T::TABLE.name, entity_id, expected, actual: None };
         }
     }
     err.into()

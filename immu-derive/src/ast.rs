@@ -57,11 +57,7 @@ pub(crate) struct Name {
 
 impl Name {
     fn from_lit(lit: &LitStr) -> Name {
-        Name {
-            value: lit.value(),
-            span: lit.span(),
-            from_attr: true,
-        }
+        Name { value: lit.value(), span: lit.span(), from_attr: true }
     }
 }
 
@@ -70,7 +66,10 @@ impl<'a> Entity<'a> {
     /// fields, generics) or attribute syntax.
     pub(crate) fn from_syn(input: &'a DeriveInput, errors: &mut Errors) -> Entity<'a> {
         let attrs = errors.handle(ContainerAttrs::from_derive_input(input));
-        let (table, krate) = attrs.map_or((None, None), |a| (a.table, a.krate));
+        let (table, krate) = match attrs {
+            Some(attrs) => (attrs.table, attrs.krate),
+            None => (None, crate_only(input)),
+        };
         let krate = krate.and_then(|lit| match lit.parse::<syn::Path>() {
             Ok(path) => Some(path),
             Err(_) => {
@@ -89,11 +88,7 @@ impl<'a> Entity<'a> {
         let rust_name = ident.unraw().to_string();
         let table = match &table {
             Some(lit) => Name::from_lit(lit),
-            None => Name {
-                value: snake_case(&rust_name),
-                span: ident.span(),
-                from_attr: false,
-            },
+            None => Name { value: snake_case(&rust_name), span: ident.span(), from_attr: false },
         };
 
         if !input.generics.params.is_empty() {
@@ -105,21 +100,16 @@ impl<'a> Entity<'a> {
 
         let fields = match &input.data {
             Data::Struct(data) => match &data.fields {
-                Fields::Named(named) => named
-                    .named
-                    .iter()
-                    .filter_map(|f| Field::from_syn(f, errors))
-                    .collect(),
+                Fields::Named(named) => {
+                    named.named.iter().filter_map(|f| Field::from_syn(f, errors)).collect()
+                }
                 Fields::Unnamed(unnamed) => {
                     errors.spanned(unnamed, format!("{SHAPE_ERROR}, not a tuple struct"));
                     Vec::new()
                 }
                 Fields::Unit => {
                     let (token, semi) = (&data.struct_token, &data.semi_token);
-                    errors.spanned(
-                        quote!(#token #ident #semi),
-                        format!("{SHAPE_ERROR}, not a unit struct"),
-                    );
+                    errors.spanned(quote!(#token #ident #semi), format!("{SHAPE_ERROR}, not a unit struct"));
                     Vec::new()
                 }
             },
@@ -135,20 +125,12 @@ impl<'a> Entity<'a> {
             }
         };
 
-        Entity {
-            input,
-            krate,
-            table,
-            rust_name,
-            fields,
-        }
+        Entity { input, krate, table, rust_name, fields }
     }
 
     /// The path to `immu_core` in generated code.
     pub(crate) fn krate(&self) -> syn::Path {
-        self.krate
-            .clone()
-            .unwrap_or_else(|| syn::parse_quote!(::immu_core))
+        self.krate.clone().unwrap_or_else(|| syn::parse_quote!(::immu_core))
     }
 }
 
@@ -160,11 +142,7 @@ impl<'a> Field<'a> {
         let field_name = member.unraw().to_string();
         let column = match &attrs.rename {
             Some(lit) => Name::from_lit(lit),
-            None => Name {
-                value: field_name.clone(),
-                span: member.span(),
-                from_attr: false,
-            },
+            None => Name { value: field_name.clone(), span: member.span(), from_attr: false },
         };
         Some(Field {
             member,
@@ -175,6 +153,26 @@ impl<'a> Field<'a> {
             sql_type: attrs.sql_type,
         })
     }
+}
+
+/// `#[immu(crate = "...")]` read on its own, when darling refused the struct's attributes: the
+/// stub impl emitted next to that error must use the right path, or it would add an error about
+/// a missing `::immu_core`. Best effort: anything malformed was already reported by darling.
+fn crate_only(input: &DeriveInput) -> Option<LitStr> {
+    let mut found = None;
+    for attr in input.attrs.iter().filter(|attr| attr.path().is_ident("immu")) {
+        let _ = attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("crate") {
+                found = Some(meta.value()?.parse::<LitStr>()?);
+            } else if meta.input.peek(syn::Token![=]) {
+                meta.value()?.parse::<syn::Expr>()?;
+            } else if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
+                meta.input.parse::<proc_macro2::TokenTree>()?;
+            }
+            Ok(())
+        });
+    }
+    found
 }
 
 /// Whether `ty` is written as `Option<..>` (also `std::option::Option`, `core::option::Option`,

@@ -51,9 +51,6 @@ impl Errors {
     /// The messages of every recorded error, in order (for tests).
     #[cfg(test)]
     pub(crate) fn messages(&self) -> Vec<String> {
-        self.0
-            .iter()
-            .flat_map(|e| e.clone().into_iter().map(|e| e.to_string()))
-            .collect()
+        self.0.iter().flat_map(|e| e.clone().into_iter().map(|e| e.to_string())).collect()
     }
 }

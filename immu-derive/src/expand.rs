@@ -1,6 +1,6 @@
 //! The `impl Immutable` generated for a valid entity.
 
-use proc_macro2::{Literal, TokenStream};
+use proc_macro2::{Group, Literal, Span, TokenStream, TokenTree};
 use quote::{quote, quote_spanned};
 use syn::DeriveInput;
 use syn::spanned::Spanned;
@@ -34,11 +34,7 @@ fn impl_immutable(entity: &Entity<'_>) -> TokenStream {
     let rust_name = &entity.rust_name;
 
     let columns = entity.fields.iter().map(|f| column_def(f, &krate));
-    let decode = entity
-        .fields
-        .iter()
-        .enumerate()
-        .map(|(i, f)| decode_field(i, f, &private));
+    let decode = entity.fields.iter().enumerate().map(|(i, f)| decode_field(i, f, &private));
     let encode = entity.fields.iter().map(|f| encode_field(f, &private));
     let (unused_row, unused_args) = if entity.fields.is_empty() {
         (quote!(let _ = (row, first);), quote!(let _ = args;))
@@ -82,8 +78,8 @@ fn impl_immutable(entity: &Entity<'_>) -> TokenStream {
     }
 }
 
-/// The `ColumnDef` of a field. Type-dependent parts carry the field type's span, so that a type
-/// without `ColumnType` is reported on the field.
+/// The `ColumnDef` of a field. Type-dependent parts carry the field type's span (see [`respan`]),
+/// so that a type without `ColumnType` is reported on the field.
 fn column_def(field: &Field<'_>, krate: &syn::Path) -> TokenStream {
     let ty = field.ty;
     let span = ty.span();
@@ -97,10 +93,13 @@ fn column_def(field: &Field<'_>, krate: &syn::Path) -> TokenStream {
             (quote!(#sql_type), quote!(#nullable))
         }
         (None, true) => (quote!("jsonb"), quote!(false)),
-        (None, false) => (
-            quote_spanned!(span=> <#ty as #krate::ColumnType>::SQL_TYPE),
-            quote_spanned!(span=> <#ty as #krate::ColumnType>::NULLABLE),
-        ),
+        (None, false) => {
+            let krate = respan(quote!(#krate), span);
+            (
+                quote_spanned!(span=> <#ty as #krate::ColumnType>::SQL_TYPE),
+                quote_spanned!(span=> <#ty as #krate::ColumnType>::NULLABLE),
+            )
+        }
     };
     quote! {
         #krate::ColumnDef {
@@ -126,6 +125,7 @@ fn index(i: usize) -> TokenStream {
 /// `member: <decoded column>` for `Self { .. }` in `__decode`.
 fn decode_field(i: usize, field: &Field<'_>, private: &TokenStream) -> TokenStream {
     let (member, ty) = (field.member, field.ty);
+    let private = respan(private.clone(), ty.span());
     let index = index(i);
     let value = if field.json {
         quote_spanned! {ty.span()=>
@@ -140,14 +140,42 @@ fn decode_field(i: usize, field: &Field<'_>, private: &TokenStream) -> TokenStre
 }
 
 /// The bind of one field in `__encode`.
+///
+/// The bound type is named in a turbofish spanned on the field's type, so that a type sqlx
+/// cannot encode is reported there; the value expression keeps the derive's span, so that lints
+/// about it (a needless borrow of a `Copy` field, ...) are not blamed on the user's code.
 fn encode_field(field: &Field<'_>, private: &TokenStream) -> TokenStream {
     let (member, ty) = (field.member, field.ty);
-    let value = if field.json {
-        quote!(#private::Json(&self.#member))
+    let spanned = respan(private.clone(), ty.span());
+    let (bound, value) = if field.json {
+        (quote_spanned!(ty.span()=> #spanned::Json<&#ty>), quote!(#private::Json(&self.#member)))
     } else {
-        quote!(&self.#member)
+        (quote_spanned!(ty.span()=> &#ty), quote!(&self.#member))
     };
     quote_spanned! {ty.span()=>
-        <#private::PgArguments as #private::Arguments>::add(args, #value)?;
+        <#spanned::PgArguments as #spanned::Arguments>::add::<#bound>(args, #value)?;
     }
+}
+
+/// `tokens` with every span set to `span`.
+///
+/// The code that depends on a field's type (its `ColumnType`, decoding, encoding) is spanned on
+/// that type, paths included: rustc reports an unsatisfied trait bound on the span of the whole
+/// expression, and one that mixes the derive's spans with the field's falls back to the derive.
+/// Respanned, "`Settings: Serialize` is not satisfied" points at the field's `Settings`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|token| match token {
+            TokenTree::Group(group) => {
+                let mut respanned = Group::new(group.delimiter(), respan(group.stream(), span));
+                respanned.set_span(span);
+                TokenTree::Group(respanned)
+            }
+            mut other => {
+                other.set_span(span);
+                other
+            }
+        })
+        .collect()
 }

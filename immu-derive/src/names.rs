@@ -39,10 +39,7 @@ pub(crate) fn identifier_problem(name: &str, kind: NameKind) -> Option<String> {
         return Some("it is empty".to_owned());
     }
     if let Some(c) = name.chars().find(|&c| !(c.is_ascii_alphanumeric() || c == '_')) {
-        return Some(format!(
-            "it contains {}; only ASCII letters, digits and `_` are allowed",
-            describe(c)
-        ));
+        return Some(format!("it contains {}; only ASCII letters, digits and `_` are allowed", describe(c)));
     }
     if name.starts_with(|c: char| c.is_ascii_digit()) {
         return Some("it starts with a digit".to_owned());
@@ -87,13 +84,7 @@ pub(crate) fn reserved(name: &str) -> Option<Reserved> {
     RESERVED_COLUMNS
         .iter()
         .find(|r| r.eq_ignore_ascii_case(name))
-        .map(|&r| {
-            if r == name {
-                Reserved::Exact(r)
-            } else {
-                Reserved::CaseVariant(r)
-            }
-        })
+        .map(|&r| if r == name { Reserved::Exact(r) } else { Reserved::CaseVariant(r) })
 }
 
 /// The default table name for a struct name: snake_case (`LedgerEntry` -> `ledger_entry`,
@@ -144,17 +135,7 @@ mod tests {
 
     #[test]
     fn valid_identifiers_pass() {
-        for name in [
-            "a",
-            "_",
-            "_x",
-            "order",
-            "user",
-            "select",
-            "type",
-            "Mixed_Case_9",
-            &"a".repeat(63),
-        ] {
+        for name in ["a", "_", "_x", "order", "user", "select", "type", "Mixed_Case_9", &"a".repeat(63)] {
             assert_eq!(identifier_problem(name, NameKind::Column), None, "{name}");
         }
         assert_eq!(identifier_problem(&"t".repeat(48), NameKind::Table), None);

@@ -36,10 +36,7 @@ fn expand(src: &str) -> String {
 /// `needle` occurs in `haystack`, whitespace ignored.
 fn assert_contains(haystack: &str, needle: &str) {
     let squeeze = |s: &str| s.split_whitespace().collect::<String>();
-    assert!(
-        squeeze(haystack).contains(&squeeze(needle)),
-        "missing\n  {needle}\nin\n  {haystack}"
-    );
+    assert!(squeeze(haystack).contains(&squeeze(needle)), "missing\n  {needle}\nin\n  {haystack}");
 }
 
 const ACCOUNT: &str = r#"
@@ -65,14 +62,8 @@ fn valid_input_has_no_errors() {
 fn table_def_lists_every_column() {
     let out = expand(ACCOUNT);
     assert_contains(&out, "const _ : () = {");
-    assert_contains(
-        &out,
-        "# [automatically_derived] impl :: immu_core :: Immutable for Account {",
-    );
-    assert_contains(
-        &out,
-        r#"name : "accounts" , rust_name : "Account" , columns : & ["#,
-    );
+    assert_contains(&out, "# [automatically_derived] impl :: immu_core :: Immutable for Account {");
+    assert_contains(&out, r#"name : "accounts" , rust_name : "Account" , columns : & ["#);
     assert_contains(
         &out,
         r#":: immu_core :: ColumnDef { name : "owner" , field : "owner" ,
@@ -109,37 +100,33 @@ fn sql_decode_and_encode_follow_field_order() {
          SQL . get_or_init (|| :: immu_core :: __private :: Sql :: new (& < Self as :: immu_core :: Immutable > :: TABLE))",
     );
     let row = "< :: immu_core :: __private :: PgRow as :: immu_core :: __private :: Row > :: try_get";
-    assert_contains(
-        &out,
-        &format!("owner : {row} :: < String , usize > (row , first) ?"),
-    );
-    assert_contains(
-        &out,
-        &format!("balance : {row} :: < i64 , usize > (row , first + 1) ?"),
-    );
+    assert_contains(&out, &format!("owner : {row} :: < String , usize > (row , first) ?"));
+    assert_contains(&out, &format!("balance : {row} :: < i64 , usize > (row , first + 1) ?"));
     assert_contains(
         &out,
         &format!(
             "tags : {row} :: < :: immu_core :: __private :: Json < Vec < String > > , usize > (row , first + 2) ? . 0"
         ),
     );
-    assert_contains(
-        &out,
-        &format!("r#type : {row} :: < i32 , usize > (row , first + 7) ?"),
-    );
+    assert_contains(&out, &format!("r#type : {row} :: < i32 , usize > (row , first + 7) ?"));
 
     let add = "< :: immu_core :: __private :: PgArguments as :: immu_core :: __private :: Arguments > :: add";
     assert_contains(
         &out,
-        &format!("{add} (args , & self . owner) ? ; {add} (args , & self . balance) ? ;"),
+        &format!(
+            "{add} :: < & String > (args , & self . owner) ? ; {add} :: < & i64 > (args , & self . balance) ? ;"
+        ),
     );
     assert_contains(
         &out,
-        &format!("{add} (args , :: immu_core :: __private :: Json (& self . tags)) ?"),
+        &format!(
+            "{add} :: < :: immu_core :: __private :: Json < & Vec < String > > > \
+             (args , :: immu_core :: __private :: Json (& self . tags)) ?"
+        ),
     );
     assert_contains(
         &out,
-        &format!("{add} (args , & self . r#type) ? ; :: core :: result :: Result :: Ok (())"),
+        &format!("{add} :: < & i32 > (args , & self . r#type) ? ; :: core :: result :: Result :: Ok (())"),
     );
 }
 
@@ -161,10 +148,7 @@ fn crate_path_can_be_renamed() {
 fn zero_fields_are_allowed() {
     let out = expand("struct Marker {}");
     assert_contains(&out, "columns : & []");
-    assert_contains(
-        &out,
-        "let _ = (row , first) ; :: core :: result :: Result :: Ok (Self { })",
-    );
+    assert_contains(&out, "let _ = (row , first) ; :: core :: result :: Result :: Ok (Self { })");
     assert_contains(&out, "let _ = args ;");
 }
 
@@ -176,10 +160,7 @@ fn where_clause_without_generics_is_kept() {
 
 #[test]
 fn shapes_other_than_named_structs_are_refused() {
-    assert_eq!(
-        error("enum E { A }"),
-        "#[derive(Immutable)] needs a struct with named fields, not an enum"
-    );
+    assert_eq!(error("enum E { A }"), "#[derive(Immutable)] needs a struct with named fields, not an enum");
     assert_eq!(
         error("union U { a: i64 }"),
         "#[derive(Immutable)] needs a struct with named fields, not a union"
@@ -196,15 +177,10 @@ fn shapes_other_than_named_structs_are_refused() {
 
 #[test]
 fn generics_are_refused() {
-    for src in [
-        "struct G<T> { x: T }",
-        "struct G<'a> { x: &'a str }",
-        "struct G<const N: usize> { x: [u8; N] }",
-    ] {
-        assert!(
-            error(src).starts_with("#[derive(Immutable)] does not support generic structs"),
-            "{src}"
-        );
+    for src in
+        ["struct G<T> { x: T }", "struct G<'a> { x: &'a str }", "struct G<const N: usize> { x: [u8; N] }"]
+    {
+        assert!(error(src).starts_with("#[derive(Immutable)] does not support generic structs"), "{src}");
     }
 }
 
@@ -237,36 +213,19 @@ fn invalid_table_names_are_explained() {
     assert!(table("a\0b").contains("it contains a NUL character"));
     assert!(table("tëst").contains("the non-ASCII character `ë`"));
     assert_eq!(table(""), r#"invalid table name "": it is empty"#);
-    assert_eq!(
-        table("1accounts"),
-        r#"invalid table name "1accounts": it starts with a digit"#
-    );
+    assert_eq!(table("1accounts"), r#"invalid table name "1accounts": it starts with a digit"#);
     assert!(table(&"t".repeat(49)).contains("it is 49 bytes long; table names are limited to 48 bytes"));
-    assert_eq!(
-        errors(&format!(
-            "#[immu(table = {:?})] struct A {{ x: i64 }}",
-            "t".repeat(48)
-        ))
-        .len(),
-        0
-    );
+    assert_eq!(errors(&format!("#[immu(table = {:?})] struct A {{ x: i64 }}", "t".repeat(48))).len(), 0);
     // Keywords are fine: immu quotes identifiers.
     for keyword in ["order", "user", "select", "table"] {
-        assert_eq!(
-            errors(&format!("#[immu(table = {keyword:?})] struct A {{ x: i64 }}")).len(),
-            0
-        );
+        assert_eq!(errors(&format!("#[immu(table = {keyword:?})] struct A {{ x: i64 }}")).len(), 0);
     }
 }
 
 #[test]
 fn struct_names_that_cannot_be_tables_ask_for_a_table_attribute() {
     let long = format!("struct {} {{ x: i64 }}", "A".repeat(49));
-    assert!(
-        error(&long).ends_with("name the table with #[immu(table = \"...\")]"),
-        "{}",
-        error(&long)
-    );
+    assert!(error(&long).ends_with("name the table with #[immu(table = \"...\")]"), "{}", error(&long));
     let message = error("struct Größe { x: i64 }");
     assert!(
         message.starts_with(r#"the struct name `Größe` cannot be used as the table name "größe""#),
@@ -287,14 +246,8 @@ fn invalid_column_names_are_explained() {
     let long = format!(r#"struct A {{ #[immu(rename = "{}")] x: i64 }}"#, "c".repeat(64));
     assert!(error(&long).contains("it is 64 bytes long"));
     let message = error("struct A { größe: i64 }");
-    assert!(
-        message.starts_with("the field name `größe` cannot be used as the column name"),
-        "{message}"
-    );
-    assert!(
-        message.ends_with("name the column with #[immu(rename = \"...\")]"),
-        "{message}"
-    );
+    assert!(message.starts_with("the field name `größe` cannot be used as the column name"), "{message}");
+    assert!(message.ends_with("name the column with #[immu(rename = \"...\")]"), "{message}");
     // Keywords and raw identifiers are fine.
     assert_eq!(
         errors(r#"struct A { r#type: i64, r#select: i64, #[immu(rename = "order")] o: i64 }"#).len(),
@@ -325,10 +278,7 @@ fn reserved_columns_are_refused() {
         message.starts_with("column `Version` differs from immu's reserved column `version` only in case")
     );
     // Renaming a field called `version` away is the fix.
-    assert_eq!(
-        errors(r#"struct A { #[immu(rename = "doc_version")] version: i64 }"#).len(),
-        0
-    );
+    assert_eq!(errors(r#"struct A { #[immu(rename = "doc_version")] version: i64 }"#).len(), 0);
 }
 
 #[test]
@@ -342,10 +292,7 @@ fn duplicate_columns_are_refused() {
         "column `c` is already used by field `a`; give one of them another name"
     );
     // Quoted names are case-sensitive: `a` and `A` are two columns.
-    assert_eq!(
-        errors(r#"struct A { a: i64, #[immu(rename = "A")] b: i64 }"#).len(),
-        0
-    );
+    assert_eq!(errors(r#"struct A { a: i64, #[immu(rename = "A")] b: i64 }"#).len(), 0);
 }
 
 #[test]
@@ -389,10 +336,7 @@ fn all_errors_are_reported_together() {
     ];
     assert_eq!(all.len(), expected.len(), "{all:#?}");
     for (message, expected) in all.iter().zip(expected) {
-        assert!(
-            message.contains(expected),
-            "{message:?} should contain {expected:?}"
-        );
+        assert!(message.contains(expected), "{message:?} should contain {expected:?}");
     }
 }
 
@@ -407,9 +351,41 @@ fn errors_come_with_a_stub_impl() {
     );
 
     let out = expand(r#"#[immu(crate = "my::immu")] struct G<T: Clone> where T: Copy { x: T }"#);
-    assert_contains(
-        &out,
-        "impl < T : Clone > my :: immu :: Immutable for G < T > where T : Copy , Self :",
-    );
+    assert_contains(&out, "impl < T : Clone > my :: immu :: Immutable for G < T > where T : Copy , Self :");
     assert_contains(&out, ":: core :: marker :: Unpin + 'static {");
+}
+
+#[test]
+fn attribute_values_of_the_wrong_kind_say_what_to_write() {
+    assert_eq!(
+        error("#[immu(table = accounts)] struct A { x: i64 }"),
+        "expected a string in quotes: `table = \"...\"`"
+    );
+    assert_eq!(error("#[immu(table)] struct A { x: i64 }"), "expected a string: `table = \"...\"`");
+    assert_eq!(
+        error("struct A { #[immu(sql_type = 5)] x: i64 }"),
+        "expected a string in quotes: `sql_type = \"...\"`"
+    );
+    assert_eq!(
+        error(r#"struct A { #[immu(json = "yes")] x: i64 }"#),
+        "`json` takes no value: write `#[immu(json)]`"
+    );
+    assert_eq!(error("struct A { #[immu(json(x))] x: i64 }"), "`json` takes no value: write `#[immu(json)]`");
+}
+
+#[test]
+fn attributes_can_be_spread_over_several() {
+    let out = expand(
+        r#"#[immu(table = "t")] #[immu(crate = "my::immu")] struct A { #[immu(json)] #[immu(sql_type = "json")] x: Vec<i64> }"#,
+    );
+    assert_contains(&out, r#"name : "t""#);
+    assert_contains(&out, "impl my :: immu :: Immutable for A");
+    assert_contains(&out, r#"sql_type : "json" , nullable : false , json : true"#);
+}
+
+#[test]
+fn stub_impl_keeps_the_crate_path_when_other_struct_keys_are_wrong() {
+    let out = expand(r#"#[immu(tabel = "x", crate = "my::immu", sql(a, b))] struct A { x: i64 }"#);
+    assert_contains(&out, "Did you mean `table`?");
+    assert_contains(&out, "impl my :: immu :: Immutable for A");
 }

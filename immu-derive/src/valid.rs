@@ -39,10 +39,8 @@ impl Entity<'_> {
             if let Some(sql_type) = &field.sql_type
                 && sql_type.value().trim().is_empty()
             {
-                errors.at(
-                    sql_type.span(),
-                    "`sql_type` must name a PostgreSQL type, such as \"numeric(12,2)\"",
-                );
+                errors
+                    .at(sql_type.span(), "`sql_type` must name a PostgreSQL type, such as \"numeric(12,2)\"");
             }
         }
     }

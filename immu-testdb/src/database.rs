@@ -80,4 +80,18 @@ impl TestDatabase {
     pub fn is_temp(&self) -> bool {
         matches!(self, Self::Temp(_))
     }
+
+    /// Stops and removes the throwaway server, if one was started, reporting
+    /// any error (dropping does the same silently). Nothing happens for an
+    /// external server.
+    ///
+    /// # Errors
+    ///
+    /// See [`TempPostgres::stop`].
+    pub fn stop(self) -> Result<(), Error> {
+        match self {
+            Self::External(_) => Ok(()),
+            Self::Temp(pg) => pg.stop(),
+        }
+    }
 }

@@ -68,10 +68,7 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
-        Self::Io {
-            context: context.into(),
-            source,
-        }
+        Self::Io { context: context.into(), source }
     }
 }
 
@@ -93,22 +90,14 @@ impl fmt::Display for Error {
                 write!(f, "invalid PostgreSQL setting {name:?}: {reason}")
             }
             Self::Io { context, source } => write!(f, "{context}: {source}"),
-            Self::Command {
-                command,
-                status,
-                output,
-            } => {
+            Self::Command { command, status, output } => {
                 write!(f, "`{command}` failed ({status})")?;
                 if !output.is_empty() {
                     write!(f, ":\n{output}")?;
                 }
                 Ok(())
             }
-            Self::StartFailed {
-                attempts,
-                detail,
-                log_tail,
-            } => {
+            Self::StartFailed { attempts, detail, log_tail } => {
                 write!(
                     f,
                     "PostgreSQL server failed to start ({attempts} attempt{})",

@@ -40,9 +40,8 @@ pub(crate) fn find_bin_dir(explicit: Option<&Path>) -> Result<PathBuf, Error> {
     }
     if let Some(dir) = env::var_os(BIN_ENV).filter(|v| !v.is_empty()) {
         let dir = PathBuf::from(dir);
-        return checked(&dir).ok_or_else(|| Error::NotInstalled {
-            searched: format!("in {BIN_ENV}={}", one_line(&dir)),
-        });
+        return checked(&dir)
+            .ok_or_else(|| Error::NotInstalled { searched: format!("in {BIN_ENV}={}", one_line(&dir)) });
     }
     if let Some(path) = env::var_os("PATH") {
         for dir in env::split_paths(&path) {
@@ -62,9 +61,7 @@ pub(crate) fn find_bin_dir(explicit: Option<&Path>) -> Result<PathBuf, Error> {
     if let Some(found) = checked(Path::new(SOURCE_BUILD_BIN)) {
         return Ok(found);
     }
-    Err(Error::NotInstalled {
-        searched: format!("on PATH, in {DEBIAN_ROOT}/*/bin or in {SOURCE_BUILD_BIN}"),
-    })
+    Err(Error::NotInstalled { searched: format!("on PATH, in {DEBIAN_ROOT}/*/bin or in {SOURCE_BUILD_BIN}") })
 }
 
 /// Renders a path for a one-line message.
@@ -121,9 +118,7 @@ fn is_executable(path: &Path) -> bool {
 
 /// Finds a system tool on `PATH` or in the usual system directories.
 pub(crate) fn find_tool(name: &str) -> Option<PathBuf> {
-    let from_path = env::var_os("PATH")
-        .map(|p| env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
+    let from_path = env::var_os("PATH").map(|p| env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default();
     from_path
         .into_iter()
         .filter(|d| d.is_absolute())
@@ -207,13 +202,9 @@ impl RunAs {
     pub(crate) fn argv(&self, program: &Path) -> Vec<OsString> {
         match self {
             Self::Direct => vec![program.into()],
-            Self::Runuser { runuser, .. } => vec![
-                runuser.into(),
-                "-u".into(),
-                OS_USER.into(),
-                "--".into(),
-                program.into(),
-            ],
+            Self::Runuser { runuser, .. } => {
+                vec![runuser.into(), "-u".into(), OS_USER.into(), "--".into(), program.into()]
+            }
             Self::Su { su, .. } => vec![
                 su.into(),
                 "-s".into(),
@@ -284,12 +275,7 @@ mod tests {
 
     #[test]
     fn versions_sort_numerically() {
-        let mut v = vec![
-            version_key("9.6"),
-            version_key("16"),
-            version_key("10"),
-            version_key("15"),
-        ];
+        let mut v = vec![version_key("9.6"), version_key("16"), version_key("10"), version_key("15")];
         v.sort();
         assert_eq!(v, vec![vec![9, 6], vec![10], vec![15], vec![16]]);
         assert_eq!(version_key("17beta1"), vec![17]);
@@ -300,22 +286,11 @@ mod tests {
     fn check_switch_user(run_as: &RunAs, uid: u32) {
         let out = run_as
             .command(Path::new("/bin/sh"))
-            .args([
-                "-c",
-                r#"id -u; printf '%s|' "$@""#,
-                "sh",
-                "a b",
-                "$x",
-                "'q\"",
-                ";id",
-            ])
+            .args(["-c", r#"id -u; printf '%s|' "$@""#, "sh", "a b", "$x", "'q\"", ";id"])
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            format!("{uid}\na b|$x|'q\"|;id|")
-        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{uid}\na b|$x|'q\"|;id|"));
     }
 
     #[test]
@@ -330,19 +305,12 @@ mod tests {
         if let Some(su) = find_tool("su") {
             check_switch_user(&RunAs::Su { su, uid, gid }, uid);
         }
-        assert!(matches!(
-            RunAs::detect().unwrap(),
-            RunAs::Runuser { .. } | RunAs::Su { .. }
-        ));
+        assert!(matches!(RunAs::detect().unwrap(), RunAs::Runuser { .. } | RunAs::Su { .. }));
     }
 
     #[test]
     fn su_argv_passes_program_positionally() {
-        let run_as = RunAs::Su {
-            su: "/bin/su".into(),
-            uid: 1,
-            gid: 1,
-        };
+        let run_as = RunAs::Su { su: "/bin/su".into(), uid: 1, gid: 1 };
         let argv = run_as.argv(Path::new("/x/pg_ctl"));
         assert_eq!(argv.last().unwrap(), "/x/pg_ctl");
         assert!(argv.contains(&OsString::from("--")));

@@ -181,9 +181,7 @@ impl Builder {
 fn validate_settings(settings: &[(String, String)]) -> Result<(), Error> {
     for (name, _) in settings {
         let valid = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
             && !name.starts_with('.');
         if !valid {
             return Err(Error::InvalidSetting {
@@ -225,14 +223,9 @@ fn create_temp_dir(owner: Option<(u32, u32)>) -> Result<PathBuf, Error> {
     let base = std::env::temp_dir();
     let mut last_err = None;
     for _ in 0..100 {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let name = format!(
-            "immu-pg-{}-{}-{nanos}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let name =
+            format!("immu-pg-{}-{}-{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         let dir = base.join(name);
         match fs::create_dir(&dir) {
             Ok(()) => {
@@ -260,10 +253,7 @@ fn create_temp_dir(owner: Option<(u32, u32)>) -> Result<PathBuf, Error> {
         }
     }
     Err(Error::io(
-        format!(
-            "could not create a unique temporary directory in {}",
-            base.display()
-        ),
+        format!("could not create a unique temporary directory in {}", base.display()),
         last_err.unwrap_or_else(|| io::Error::other("too many attempts")),
     ))
 }
@@ -272,10 +262,8 @@ fn create_temp_dir(owner: Option<(u32, u32)>) -> Result<PathBuf, Error> {
 fn free_port() -> Result<u16, Error> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .map_err(|e| Error::io("could not find a free port on 127.0.0.1", e))?;
-    let port = listener
-        .local_addr()
-        .map_err(|e| Error::io("could not find a free port on 127.0.0.1", e))?
-        .port();
+    let port =
+        listener.local_addr().map_err(|e| Error::io("could not find a free port on 127.0.0.1", e))?.port();
     Ok(port)
 }
 
@@ -303,11 +291,7 @@ fn run(mut command: Command) -> Result<String, Error> {
     if out.status.success() {
         Ok(text)
     } else {
-        Err(Error::Command {
-            command: what,
-            status: out.status.to_string(),
-            output: text.trim().to_owned(),
-        })
+        Err(Error::Command { command: what, status: out.status.to_string(), output: text.trim().to_owned() })
     }
 }
 
@@ -319,13 +303,9 @@ fn tail(text: &str, n: usize) -> String {
 
 /// Whether a server log says the port was taken.
 fn port_was_taken(log: &str) -> bool {
-    [
-        "Address already in use",
-        "could not bind",
-        "could not create any TCP/IP sockets",
-    ]
-    .iter()
-    .any(|needle| log.contains(needle))
+    ["Address already in use", "could not bind", "could not create any TCP/IP sockets"]
+        .iter()
+        .any(|needle| log.contains(needle))
 }
 
 /// The postmaster's pid from `postmaster.pid`, if that file exists.
@@ -341,9 +321,7 @@ fn is_running(pid: u32) -> bool {
         return false;
     };
     // "pid (comm) S ...": the state follows the last ')'.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
     !matches!(state, Some('Z' | 'X') | None)
 }
 
@@ -394,16 +372,11 @@ impl Reaper {
     /// Triggers the cleanup and waits for it to finish.
     fn finish(&mut self) -> Result<(), Error> {
         drop(self.stdin.take());
-        let status = self
-            .child
-            .wait()
-            .map_err(|e| Error::io("could not wait for the cleanup process", e))?;
+        let status = self.child.wait().map_err(|e| Error::io("could not wait for the cleanup process", e))?;
         if status.success() {
             Ok(())
         } else {
-            Err(Error::Cleanup {
-                detail: format!("the cleanup process failed ({status})"),
-            })
+            Err(Error::Cleanup { detail: format!("the cleanup process failed ({status})") })
         }
     }
 }
@@ -484,11 +457,7 @@ impl TempPostgres {
     /// be created first, e.g. with `CREATE DATABASE`). The name is
     /// percent-encoded as needed.
     pub fn url_for(&self, database: &str) -> String {
-        format!(
-            "postgres://{SUPERUSER}@127.0.0.1:{}/{}",
-            self.port,
-            encode_path_segment(database)
-        )
+        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{}", self.port, encode_path_segment(database))
     }
 
     /// The TCP port the server listens on (on `127.0.0.1`).
@@ -570,14 +539,7 @@ impl TempPostgres {
             .args(["-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C", "-N"])
             .current_dir(&self.dir);
         run(initdb).map_err(|err| match (err, self.run_as.owner()) {
-            (
-                Error::Command {
-                    command,
-                    status,
-                    mut output,
-                },
-                Some(_),
-            ) => {
+            (Error::Command { command, status, mut output }, Some(_)) => {
                 let _ = write!(
                     output,
                     "\n(initdb runs as the `{}` OS user, which must be able to reach {}; \
@@ -585,11 +547,7 @@ impl TempPostgres {
                     locate::OS_USER,
                     self.dir.display()
                 );
-                Error::Command {
-                    command,
-                    status,
-                    output,
-                }
+                Error::Command { command, status, output }
             }
             (err, _) => err,
         })?;
@@ -676,20 +634,12 @@ impl TempPostgres {
     /// Adds the tail of the server log (from `offset`) to a command error.
     fn with_log_tail(&self, err: Error, offset: u64) -> Error {
         match err {
-            Error::Command {
-                command,
-                status,
-                mut output,
-            } => {
+            Error::Command { command, status, mut output } => {
                 let log = tail(&self.log_since(offset), LOG_TAIL_LINES);
                 if !log.is_empty() {
                     let _ = write!(output, "\n--- tail of the server log ---\n{log}");
                 }
-                Error::Command {
-                    command,
-                    status,
-                    output,
-                }
+                Error::Command { command, status, output }
             }
             other => other,
         }

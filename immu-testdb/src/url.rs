@@ -25,15 +25,8 @@ pub(crate) fn with_database(url: &str, database: &str) -> String {
     let after_scheme = scheme_end + 3;
     let rest = &url[after_scheme..];
     let authority_end = rest.find(['/', '?', '#']).map_or(url.len(), |i| after_scheme + i);
-    let suffix_start = url[authority_end..]
-        .find(['?', '#'])
-        .map_or(url.len(), |i| authority_end + i);
-    format!(
-        "{}/{}{}",
-        &url[..authority_end],
-        encode_path_segment(database),
-        &url[suffix_start..]
-    )
+    let suffix_start = url[authority_end..].find(['?', '#']).map_or(url.len(), |i| authority_end + i);
+    format!("{}/{}{}", &url[..authority_end], encode_path_segment(database), &url[suffix_start..])
 }
 
 #[cfg(test)]
@@ -49,22 +42,13 @@ mod tests {
 
     #[test]
     fn replaces_database() {
-        assert_eq!(
-            with_database("postgres://u:p@h:5432/db", "other"),
-            "postgres://u:p@h:5432/other"
-        );
+        assert_eq!(with_database("postgres://u:p@h:5432/db", "other"), "postgres://u:p@h:5432/other");
         assert_eq!(
             with_database("postgres://u@h/db?sslmode=disable", "x y"),
             "postgres://u@h/x%20y?sslmode=disable"
         );
         assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
-        assert_eq!(
-            with_database("postgresql://h?sslmode=require", "x"),
-            "postgresql://h/x?sslmode=require"
-        );
-        assert_eq!(
-            with_database("host=h user=u", "it's"),
-            r"host=h user=u dbname='it\'s'"
-        );
+        assert_eq!(with_database("postgresql://h?sslmode=require", "x"), "postgresql://h/x?sslmode=require");
+        assert_eq!(with_database("host=h user=u", "it's"), r"host=h user=u dbname='it\'s'");
     }
 }

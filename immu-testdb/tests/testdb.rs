@@ -86,9 +86,7 @@ fn is_running(pid: &str) -> bool {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, r)| r.trim_start().chars().next());
+    let state = stat.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next());
     !matches!(state, Some('Z' | 'X') | None)
 }
 
@@ -151,12 +149,7 @@ fn wait_gone(dir: &Path, timeout: Duration) {
 fn spawn_helper(mode: &str, configure: impl FnOnce(&mut Command)) -> KillOnDrop {
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
-        .args([
-            "helper_child_process",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["helper_child_process", "--exact", "--nocapture", "--test-threads=1"])
         .env(HELPER_ENV, mode)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -175,8 +168,7 @@ fn read_all_with_timeout(child: &mut Child, timeout: Duration) -> String {
         let _ = stdout.read_to_string(&mut text);
         let _ = tx.send(text);
     });
-    rx.recv_timeout(timeout)
-        .expect("the child's stdout stayed open: some process inherited it")
+    rx.recv_timeout(timeout).expect("the child's stdout stayed open: some process inherited it")
 }
 
 /// Reads the output of a `hang` helper up to its last report line.
@@ -195,17 +187,14 @@ fn read_until_pid(child: &mut KillOnDrop) -> String {
         }
         let _ = tx.send(lines.join("\n"));
     });
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("helper did not report")
+    rx.recv_timeout(Duration::from_secs(30)).expect("helper did not report")
 }
 
 /// The value of `HELPER KEY=value` in the helper's output.
 fn helper_value(output: &str, key: &str) -> Option<String> {
     // libtest may print "test helper_child_process ... " in front.
     let marker = format!("HELPER {key}=");
-    output
-        .lines()
-        .find_map(|line| line.find(&marker).map(|i| line[i + marker.len()..].to_owned()))
+    output.lines().find_map(|line| line.find(&marker).map(|i| line[i + marker.len()..].to_owned()))
 }
 
 /// Not a test by itself: when re-run with `IMMU_TESTDB_HELPER` set, this
@@ -251,14 +240,8 @@ fn helper_child_process() {
 fn start_query_and_drop_cleans_up() {
     let pg = TempPostgres::start().unwrap();
     let url = pg.url().to_owned();
-    assert_eq!(
-        url,
-        format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port())
-    );
-    assert_eq!(
-        pg.url_for("my db"),
-        format!("postgres://postgres@127.0.0.1:{}/my%20db", pg.port())
-    );
+    assert_eq!(url, format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port()));
+    assert_eq!(pg.url_for("my db"), format!("postgres://postgres@127.0.0.1:{}/my%20db", pg.port()));
     let dir = pg.data_dir().parent().unwrap().to_path_buf();
     assert!(pg.data_dir().join("PG_VERSION").is_file());
     assert!(pg.log_file().is_file());
@@ -407,10 +390,7 @@ fn restart_after_immediate_stop() {
 
 #[test]
 fn start_failure_reports_the_server_log() {
-    let err = TempPostgres::builder()
-        .setting("shared_buffers", "lots")
-        .start()
-        .unwrap_err();
+    let err = TempPostgres::builder().setting("shared_buffers", "lots").start().unwrap_err();
     let message = err.to_string();
     assert!(matches!(err, Error::StartFailed { attempts: 1, .. }), "{message}");
     assert!(message.contains("shared_buffers"), "{message}");
@@ -467,10 +447,7 @@ fn reaper_cleans_up_after_ctrl_c() {
     assert_eq!(query(&url, "select 1"), "1");
 
     let group = format!("-{}", child.0.id());
-    let status = Command::new("kill")
-        .args(["-INT", "--", &group])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-INT", "--", &group]).status().unwrap();
     assert!(status.success());
     child.0.wait().unwrap();
     wait_gone(&dir, Duration::from_secs(10));
@@ -507,10 +484,7 @@ fn not_installed_with_env_and_empty_path() {
 #[test]
 fn test_database_uses_database_url() {
     let mut child = spawn_helper("from-env", |c| {
-        c.env(
-            "DATABASE_URL",
-            "postgres://app:secret@db.example:5433/app?sslmode=disable",
-        );
+        c.env("DATABASE_URL", "postgres://app:secret@db.example:5433/app?sslmode=disable");
     });
     let output = read_all_with_timeout(&mut child.0, Duration::from_secs(30));
     assert!(child.0.wait().unwrap().success(), "{output}");

@@ -46,6 +46,8 @@ pub struct Db {
     pub pool: PgPool,
     /// Connection options of the test's database (for extra connections).
     pub options: PgConnectOptions,
+    admin: PgConnectOptions,
+    name: String,
 }
 
 impl Db {
@@ -54,19 +56,19 @@ impl Db {
         self.options.connect().await
     }
 
+    /// A pool on a second, empty database (no migrations applied), dropped after the test.
+    pub async fn empty_database(&self) -> sqlx::Result<PgPool> {
+        let name = scratch_name(&self.name);
+        let mut admin = self.admin.connect().await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await?;
+        admin.close().await?;
+        PgPoolOptions::new().max_connections(4).connect_with(self.admin.clone().database(&name)).await
+    }
+
     /// A pool of up to `max` connections on the test's database.
     pub async fn pool(&self, max: u32) -> sqlx::Result<PgPool> {
-        PgPoolOptions::new()
-            .max_connections(max)
-            .connect_with(self.options.clone())
-            .await
+        PgPoolOptions::new().max_connections(max).connect_with(self.options.clone()).await
     }
-}
-
-/// The server the run uses.
-enum Server {
-    External,
-    Temp(immu_testdb::TempPostgres),
 }
 
 struct Context {
@@ -81,28 +83,19 @@ const TEMPLATE: &str = "immu_test_template";
 pub fn main(tests: Vec<Test>) -> ExitCode {
     let args = libtest_mimic::Arguments::from_args();
     if args.list {
-        let trials = tests
-            .into_iter()
-            .map(|t| libtest_mimic::Trial::test(display_name(t.name), || Ok(())))
-            .collect();
+        let trials =
+            tests.into_iter().map(|t| libtest_mimic::Trial::test(display_name(t.name), || Ok(()))).collect();
         return libtest_mimic::run(&args, trials).exit_code();
     }
-    let (server, url) = match std::env::var("DATABASE_URL") {
-        Ok(url) if !url.is_empty() => (Server::External, url),
-        _ => match immu_testdb::TempPostgres::builder()
-            .setting("max_connections", "300")
-            .start()
-        {
-            Ok(pg) => {
-                let url = pg.url().to_owned();
-                (Server::Temp(pg), url)
-            }
-            Err(err) => {
-                eprintln!("error: {err}");
-                return ExitCode::FAILURE;
-            }
-        },
+    let builder = immu_testdb::TempPostgres::builder().setting("max_connections", "300");
+    let server = match immu_testdb::TestDatabase::from_env_or(builder) {
+        Ok(server) => server,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
     };
+    let url = server.url().to_owned();
     let context = match runtime().block_on(Context::new(&url)) {
         Ok(context) => Arc::new(context),
         Err(err) => {
@@ -115,9 +108,7 @@ pub fn main(tests: Vec<Test>) -> ExitCode {
         .map(|test| {
             let context = Arc::clone(&context);
             libtest_mimic::Trial::test(display_name(test.name), move || {
-                runtime()
-                    .block_on(context.run(test))
-                    .map_err(|e| e.to_string().into())
+                runtime().block_on(context.run(test)).map_err(|e| e.to_string().into())
             })
         })
         .collect();
@@ -125,12 +116,14 @@ pub fn main(tests: Vec<Test>) -> ExitCode {
     if let Err(err) = runtime().block_on(context.drop_template()) {
         eprintln!("warning: dropping the template database: {err}");
     }
-    if let Server::Temp(pg) = server
-        && let Err(err) = pg.stop()
-    {
+    if let Err(err) = server.stop() {
         eprintln!("warning: stopping the test server: {err}");
     }
     conclusion.exit_code()
+}
+
+fn scratch_name(test_database: &str) -> String {
+    format!("{test_database}_empty")
 }
 
 fn display_name(name: &str) -> String {
@@ -138,11 +131,7 @@ fn display_name(name: &str) -> String {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
 }
 
 impl Context {
@@ -153,59 +142,39 @@ impl Context {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {template}")))
             .execute(&mut conn)
             .await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {template}")))
-            .execute(&mut conn)
-            .await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {template}"))).execute(&mut conn).await?;
         conn.close().await?;
         let mut conn = admin.clone().database(&template).connect().await?;
         immu_core::MIGRATOR.run(&mut conn).await?;
         crate::MIGRATOR.run(&mut conn).await?;
         conn.close().await?;
-        Ok(Context {
-            admin,
-            counter: AtomicUsize::new(0),
-            template,
-        })
+        Ok(Context { admin, counter: AtomicUsize::new(0), template })
     }
 
     async fn run(&self, test: Test) -> TestResult {
-        let name = format!(
-            "{}_{}",
-            self.template,
-            self.counter.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("{}_{}", self.template, self.counter.fetch_add(1, Ordering::Relaxed));
         let mut admin = self.admin.connect().await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "CREATE DATABASE {name} TEMPLATE {}",
-            self.template
-        )))
-        .execute(&mut admin)
-        .await?;
-        let options = self.admin.clone().database(&name);
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .connect_with(options.clone())
-            .await?;
-        let outcome = (test.run)(Db {
-            pool: pool.clone(),
-            options,
-        })
-        .await;
-        pool.close().await;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name} TEMPLATE {}", self.template)))
             .execute(&mut admin)
             .await?;
+        let options = self.admin.clone().database(&name);
+        let pool = PgPoolOptions::new().max_connections(8).connect_with(options.clone()).await?;
+        let db = Db { pool: pool.clone(), options, admin: self.admin.clone(), name: name.clone() };
+        let outcome = (test.run)(db).await;
+        pool.close().await;
+        for database in [name.clone(), scratch_name(&name)] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")))
+                .execute(&mut admin)
+                .await?;
+        }
         outcome
     }
 
     async fn drop_template(&self) -> sqlx::Result<()> {
         let mut admin = self.admin.connect().await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.template
-        )))
-        .execute(&mut admin)
-        .await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.template)))
+            .execute(&mut admin)
+            .await?;
         Ok(())
     }
 }

@@ -17,10 +17,7 @@ pub struct Account {
 impl Account {
     /// An account with the given owner and balance.
     pub fn new(owner: &str, balance: i64) -> Self {
-        Account {
-            owner: owner.to_owned(),
-            balance,
-        }
+        Account { owner: owner.to_owned(), balance }
     }
 }
 

@@ -23,15 +23,8 @@ async fn assert_contiguous(db: &Db, id: Uuid, n: i64) -> TestResult {
             .fetch_all(&db.pool)
             .await?;
     let versions: Vec<i64> = rows.iter().map(|r| r.0).collect();
-    assert_eq!(
-        versions,
-        (1..=n).collect::<Vec<_>>(),
-        "versions 1..{n} without gaps or duplicates"
-    );
-    assert!(
-        rows.windows(2).all(|w| w[0].1 <= w[1].1),
-        "valid_from never decreases"
-    );
+    assert_eq!(versions, (1..=n).collect::<Vec<_>>(), "versions 1..{n} without gaps or duplicates");
+    assert!(rows.windows(2).all(|w| w[0].1 <= w[1].1), "valid_from never decreases");
     Ok(())
 }
 
@@ -55,19 +48,12 @@ async fn concurrent_read_modify_write_loses_no_update(db: Db) -> TestResult {
     let mut acknowledged = BTreeSet::new();
     for handle in handles {
         for version in handle.await?? {
-            assert!(
-                acknowledged.insert(version),
-                "version {version} acknowledged twice"
-            );
+            assert!(acknowledged.insert(version), "version {version} acknowledged twice");
         }
     }
     let n = (TASKS * INCREMENTS) as i64;
     assert_eq!(acknowledged, (2..=n + 1).collect::<BTreeSet<_>>());
-    assert_eq!(
-        Account::find(&db.pool, v1.entity_id).await?.balance,
-        n,
-        "no lost update"
-    );
+    assert_eq!(Account::find(&db.pool, v1.entity_id).await?.balance, n, "no lost update");
     assert_contiguous(&db, v1.entity_id, n + 1).await
 }
 
@@ -92,11 +78,7 @@ async fn concurrent_optimistic_writers_exactly_one_wins_each_round(db: Db) -> Te
                     assert_eq!(v.version, round + 1);
                     wins += 1;
                 }
-                Err(Error::VersionConflict {
-                    expected: Some(e),
-                    actual: Some(a),
-                    ..
-                }) => {
+                Err(Error::VersionConflict { expected: Some(e), actual: Some(a), .. }) => {
                     assert_eq!((e, a), (round, round + 1));
                 }
                 Err(other) => return Err(other.into()),
@@ -125,10 +107,7 @@ async fn writers_of_different_entities_do_not_block_each_other(db: Db) -> TestRe
         Account::modify(&db.pool, a.entity_id, |x| x.balance += 1),
     )
     .await;
-    assert!(
-        blocked.is_err(),
-        "a second writer of the same entity waits for the lock"
-    );
+    assert!(blocked.is_err(), "a second writer of the same entity waits for the lock");
     holder.commit().await?;
     let a3 = Account::modify(&db.pool, a.entity_id, |x| x.balance += 1).await?;
     assert_eq!((a3.version, a3.balance), (3, 2));

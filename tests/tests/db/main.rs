@@ -6,6 +6,7 @@
 //! Run: `cargo test --workspace` (all tests) or `cargo test --test db -- <filter>`.
 
 mod concurrency;
+mod demo;
 mod raw_sql;
 mod reads;
 mod schema;
@@ -19,6 +20,7 @@ fn main() -> std::process::ExitCode {
             raw_sql::tests(),
             schema::tests(),
             concurrency::tests(),
+            demo::tests(),
         ]
         .into_iter()
         .flatten()

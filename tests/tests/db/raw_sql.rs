@@ -32,41 +32,25 @@ async fn refusal(
 
 fn assert_append_only(err: &Error, table: &str, operation: &str) {
     match err {
-        Error::AppendOnly {
-            table: t,
-            operation: op,
-        } => {
+        Error::AppendOnly { table: t, operation: op } => {
             assert_eq!((t.as_str(), op.as_str()), (table, operation), "{err:?}");
         }
         other => panic!("expected AppendOnly, got {other:?}"),
     }
     let message = err.to_string();
-    assert!(
-        message.contains(table) && message.contains("append-only"),
-        "{message}"
-    );
+    assert!(message.contains(table) && message.contains("append-only"), "{message}");
 }
 
 async fn raw_update_is_refused_with_a_clear_error(db: Db) -> TestResult {
     let v1 = Account::insert(&db.pool, Account::new("ada", 100)).await?;
     let mut conn = db.connect().await?;
-    let raw = sqlx::raw_sql("UPDATE accounts SET balance = 0")
-        .execute(&mut conn)
-        .await
-        .unwrap_err();
+    let raw = sqlx::raw_sql("UPDATE accounts SET balance = 0").execute(&mut conn).await.unwrap_err();
     // What the database says, as a psql user would see it:
     let db_err = raw.as_database_error().expect("a database error");
     assert_eq!(db_err.code().as_deref(), Some(immu_core::APPEND_ONLY_SQLSTATE));
-    assert_eq!(
-        db_err.message(),
-        r#"UPDATE on "accounts" refused: the table is append-only"#
-    );
+    assert_eq!(db_err.message(), r#"UPDATE on "accounts" refused: the table is append-only"#);
     assert_append_only(&Error::from(raw), "accounts", "UPDATE");
-    assert_eq!(
-        Account::find(&db.pool, v1.entity_id).await?,
-        v1,
-        "nothing changed"
-    );
+    assert_eq!(Account::find(&db.pool, v1.entity_id).await?, v1, "nothing changed");
     Ok(())
 }
 
@@ -100,9 +84,7 @@ async fn refusal_holds_under_replica_replication_role(db: Db) -> TestResult {
     let mut conn = db.connect().await?;
     // The test role is a superuser, as the table owner often is: an ordinary trigger is skipped
     // in replica mode, an ENABLE ALWAYS trigger is not.
-    sqlx::raw_sql("SET session_replication_role = replica")
-        .execute(&mut conn)
-        .await?;
+    sqlx::raw_sql("SET session_replication_role = replica").execute(&mut conn).await?;
     for (sql, op) in [
         ("UPDATE accounts SET balance = 0", "UPDATE"),
         ("DELETE FROM accounts", "DELETE"),
@@ -160,9 +142,7 @@ async fn infinite_or_non_positive_versions_and_times_are_refused(db: Db) -> Test
         let db_err = err.as_database_error().expect("a database error");
         assert_eq!(db_err.constraint(), Some(constraint), "{err}");
     }
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts")
-        .fetch_one(&db.pool)
-        .await?;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts").fetch_one(&db.pool).await?;
     assert_eq!(total, 0);
     Ok(())
 }
@@ -175,21 +155,13 @@ async fn tombstone_must_be_stamped_at_its_valid_from(db: Db) -> TestResult {
     .execute(&db.pool)
     .await
     .unwrap_err();
-    assert_eq!(
-        err.as_database_error().and_then(|e| e.constraint()),
-        Some("immu_tombstone_at_valid_from")
-    );
+    assert_eq!(err.as_database_error().and_then(|e| e.constraint()), Some("immu_tombstone_at_valid_from"));
     Ok(())
 }
 
 async fn missing_table_is_a_typed_error(db: Db) -> TestResult {
-    let err = NeverMigrated::insert(&db.pool, NeverMigrated { name: "x".into() })
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, Error::MissingTable { table } if table == "never_migrated"),
-        "{err:?}"
-    );
+    let err = NeverMigrated::insert(&db.pool, NeverMigrated { name: "x".into() }).await.unwrap_err();
+    assert!(matches!(&err, Error::MissingTable { table } if table == "never_migrated"), "{err:?}");
     assert!(err.to_string().contains("create_table"), "{err}");
     let err = NeverMigrated::find(&db.pool, Uuid::now_v7()).await.unwrap_err();
     assert!(matches!(&err, Error::MissingTable { .. }), "{err:?}");

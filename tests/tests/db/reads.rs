@@ -36,10 +36,7 @@ async fn find_returns_the_current_version(db: Db) -> TestResult {
 async fn find_tells_never_existed_from_deleted(db: Db) -> TestResult {
     let ghost = Uuid::now_v7();
     let err = Account::find(&db.pool, ghost).await.unwrap_err();
-    assert!(
-        matches!(err, Error::NotFound { entity_id, .. } if entity_id == ghost),
-        "{err:?}"
-    );
+    assert!(matches!(err, Error::NotFound { entity_id, .. } if entity_id == ghost), "{err:?}");
     let v1 = Account::insert(&db.pool, Account::new("ada", 1)).await?;
     let tomb = Account::delete(&db.pool, v1.entity_id).await?;
     let err = Account::find(&db.pool, v1.entity_id).await.unwrap_err();
@@ -54,10 +51,7 @@ async fn find_tells_never_existed_from_deleted(db: Db) -> TestResult {
 async fn optional_maps_not_found_and_deleted_to_none(db: Db) -> TestResult {
     assert_eq!(Account::find(&db.pool, Uuid::now_v7()).await.optional()?, None);
     let v1 = Account::insert(&db.pool, Account::new("ada", 1)).await?;
-    assert_eq!(
-        Account::find(&db.pool, v1.entity_id).await.optional()?,
-        Some(v1.clone())
-    );
+    assert_eq!(Account::find(&db.pool, v1.entity_id).await.optional()?, Some(v1.clone()));
     Account::delete(&db.pool, v1.entity_id).await?;
     assert_eq!(Account::find(&db.pool, v1.entity_id).await.optional()?, None);
     Ok(())
@@ -73,12 +67,7 @@ async fn as_of_resolves_the_version_current_at_each_instant(db: Db) -> TestResul
     let at = |t: DateTime<Utc>| Account::find_as_of(&db.pool, id, t);
 
     // Before creation: nothing; one microsecond before version 1: still nothing.
-    assert!(
-        at(v1.valid_from - Duration::days(365))
-            .await
-            .unwrap_err()
-            .is_not_found()
-    );
+    assert!(at(v1.valid_from - Duration::days(365)).await.unwrap_err().is_not_found());
     assert!(at(v1.valid_from - MICROSECOND).await.unwrap_err().is_not_found());
     // Exactly at valid_from a version is current; one microsecond before, its predecessor.
     assert_eq!(at(v1.valid_from).await?, v1);
@@ -118,13 +107,8 @@ async fn find_version_returns_each_version_including_tombstones(db: Db) -> TestR
     assert_eq!(Account::find_version(&db.pool, v1.entity_id, 2).await?, v2);
     assert_eq!(Account::find_version(&db.pool, v1.entity_id, 3).await?, v3);
     for missing in [0, 4, -1, i64::MAX] {
-        let err = Account::find_version(&db.pool, v1.entity_id, missing)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, Error::NotFound { version: Some(v), .. } if v == missing),
-            "{err:?}"
-        );
+        let err = Account::find_version(&db.pool, v1.entity_id, missing).await.unwrap_err();
+        assert!(matches!(err, Error::NotFound { version: Some(v), .. } if v == missing), "{err:?}");
     }
     Ok(())
 }
@@ -165,16 +149,7 @@ fn sample_order() -> Order {
         customer: "O'Brien \"the\" café — 東京".to_owned(),
         r#select: -7,
         note: None,
-        lines: vec![
-            Line {
-                sku: "a'b\"c".to_owned(),
-                qty: 2,
-            },
-            Line {
-                sku: "ü".to_owned(),
-                qty: 0,
-            },
-        ],
+        lines: vec![Line { sku: "a'b\"c".to_owned(), qty: 2 }, Line { sku: "ü".to_owned(), qty: 0 }],
         status: Status::Open,
         payload: vec![0, 1, 2, 255],
         due: Some("2024-02-29T12:34:56.789012Z".parse().expect("timestamp")),
@@ -189,10 +164,7 @@ async fn all_column_kinds_round_trip(db: Db) -> TestResult {
     let v2 = Order::modify(&db.pool, v1.entity_id, |o| {
         o.note = Some("rush".into());
         o.status = Status::Shipped;
-        o.lines.push(Line {
-            sku: "x".into(),
-            qty: 9,
-        });
+        o.lines.push(Line { sku: "x".into(), qty: 9 });
         o.due = None;
     })
     .await?;

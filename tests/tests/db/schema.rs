@@ -19,9 +19,7 @@ fn migration(dir: &str, suffix: &str) -> String {
         .expect("migrations dir")
         .map(|e| e.expect("dir entry").path())
         .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.ends_with(&format!("_{suffix}.sql")))
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(&format!("_{suffix}.sql")))
         })
         .unwrap_or_else(|| panic!("no migration *_{suffix}.sql in {}", dir.display()));
     std::fs::read_to_string(entry).expect("migration file")
@@ -30,10 +28,7 @@ fn migration(dir: &str, suffix: &str) -> String {
 async fn migrations_match_the_generated_ddl(_db: Db) -> TestResult {
     assert_eq!(migration("migrations", "accounts"), create_table::<Account>()?);
     assert_eq!(migration("migrations", "order"), create_table::<Order>()?);
-    assert_eq!(
-        migration("../demo/migrations", "accounts"),
-        create_table::<immu_demo::Account>()?
-    );
+    assert_eq!(migration("../demo/migrations", "accounts"), create_table::<immu_demo::Account>()?);
     Ok(())
 }
 
@@ -43,13 +38,7 @@ async fn generated_ddl_creates_a_working_table(db: Db) -> TestResult {
         name: "gadgets",
         rust_name: "Gadget",
         columns: &[
-            ColumnDef {
-                name: "name",
-                field: "name",
-                sql_type: "text",
-                nullable: false,
-                json: false,
-            },
+            ColumnDef { name: "name", field: "name", sql_type: "text", nullable: false, json: false },
             ColumnDef {
                 name: "weight",
                 field: "weight",
@@ -66,16 +55,9 @@ async fn generated_ddl_creates_a_working_table(db: Db) -> TestResult {
     )
     .execute(&db.pool)
     .await?;
-    let err = Error::from(
-        sqlx::raw_sql("UPDATE gadgets SET name = 'h'")
-            .execute(&db.pool)
-            .await
-            .unwrap_err(),
-    );
-    assert!(
-        matches!(&err, Error::AppendOnly { table, .. } if table == "gadgets"),
-        "{err:?}"
-    );
+    let err =
+        Error::from(sqlx::raw_sql("UPDATE gadgets SET name = 'h'").execute(&db.pool).await.unwrap_err());
+    assert!(matches!(&err, Error::AppendOnly { table, .. } if table == "gadgets"), "{err:?}");
     let indexes: Vec<String> =
         sqlx::query_scalar("SELECT indexname::text FROM pg_indexes WHERE tablename = 'gadgets' ORDER BY 1")
             .fetch_all(&db.pool)
@@ -94,32 +76,12 @@ async fn invalid_identifiers_are_refused_at_runtime(_db: Db) -> TestResult {
     for ok in ["accounts", "order", "user", "_x", "Mixed_Case1", &"a".repeat(63)] {
         validate_identifier(ok)?;
     }
-    for bad in [
-        "",
-        "1abc",
-        "a b",
-        "a\"b",
-        "a;b",
-        "a.b",
-        "a-b",
-        "café",
-        "nul\0",
-        &"a".repeat(64),
-    ] {
+    for bad in ["", "1abc", "a b", "a\"b", "a;b", "a.b", "a-b", "café", "nul\0", &"a".repeat(64)] {
         let err = validate_identifier(bad).unwrap_err();
-        assert!(
-            matches!(&err, Error::InvalidIdentifier { name, .. } if name == bad),
-            "{bad:?}: {err:?}"
-        );
+        assert!(matches!(&err, Error::InvalidIdentifier { name, .. } if name == bad), "{bad:?}: {err:?}");
     }
     const fn column(name: &'static str) -> ColumnDef {
-        ColumnDef {
-            name,
-            field: "f",
-            sql_type: "text",
-            nullable: false,
-            json: false,
-        }
+        ColumnDef { name, field: "f", sql_type: "text", nullable: false, json: false }
     }
     const LONG: &str = "t_23456789_123456789_123456789_123456789_12345678"; // 49 bytes
     const RESERVED: &[ColumnDef] = &[column("version")];
@@ -135,31 +97,17 @@ async fn invalid_identifiers_are_refused_at_runtime(_db: Db) -> TestResult {
         ("t", INJECTION, "x\"); drop table t; --"),
     ];
     for (name, columns, bad) in cases {
-        let err = create_table_for(&TableDef {
-            name,
-            rust_name: "T",
-            columns,
-        })
-        .unwrap_err();
-        assert!(
-            matches!(&err, Error::InvalidIdentifier { name, .. } if name == bad),
-            "{bad:?}: {err:?}"
-        );
+        let err = create_table_for(&TableDef { name, rust_name: "T", columns }).unwrap_err();
+        assert!(matches!(&err, Error::InvalidIdentifier { name, .. } if name == bad), "{bad:?}: {err:?}");
     }
     Ok(())
 }
 
 async fn immu_migrations_are_tracked_apart_and_rerunnable(db: Db) -> TestResult {
-    let immu: Vec<i64> = sqlx::query_scalar("SELECT version FROM immu._migrations ORDER BY 1")
-        .fetch_all(&db.pool)
-        .await?;
-    assert_eq!(
-        immu,
-        immu_core::MIGRATOR.iter().map(|m| m.version).collect::<Vec<_>>()
-    );
-    let app: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
-        .fetch_one(&db.pool)
-        .await?;
+    let immu: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM immu._migrations ORDER BY 1").fetch_all(&db.pool).await?;
+    assert_eq!(immu, immu_core::MIGRATOR.iter().map(|m| m.version).collect::<Vec<_>>());
+    let app: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&db.pool).await?;
     assert_eq!(app as usize, immu_tests::MIGRATOR.iter().count());
     // Both migrators can run again: nothing to do, no "missing migration" error.
     immu_core::MIGRATOR.run(&db.pool).await?;

@@ -48,17 +48,13 @@ pub(crate) async fn versions(db: &Db, entity_id: Uuid) -> sqlx::Result<Vec<i64>>
 }
 
 async fn insert_creates_version_one(db: Db) -> TestResult {
-    let before: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
-        .fetch_one(&db.pool)
-        .await?;
+    let before: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(&db.pool).await?;
     let v1 = Account::insert(&db.pool, Account::new("ada", 100)).await?;
     assert_eq!(v1.version, 1);
     assert_eq!(v1.data, Account::new("ada", 100));
     assert_eq!(v1.deleted_at, None);
-    assert!(
-        v1.valid_from >= before,
-        "valid_from comes from the database clock"
-    );
+    assert!(v1.valid_from >= before, "valid_from comes from the database clock");
     assert_eq!(v1.entity_id.get_version_num(), 7);
     assert_eq!(v1.id.get_version_num(), 7);
     assert_ne!(v1.id, v1.entity_id);
@@ -71,14 +67,8 @@ async fn insert_creates_version_one(db: Db) -> TestResult {
     .await?;
     assert_eq!(row.get::<Uuid, _>("id"), v1.id);
     assert_eq!(row.get::<i64, _>("version"), 1);
-    assert_eq!(
-        row.get::<chrono::DateTime<chrono::Utc>, _>("valid_from"),
-        v1.valid_from
-    );
-    assert_eq!(
-        row.get::<Option<chrono::DateTime<chrono::Utc>>, _>("deleted_at"),
-        None
-    );
+    assert_eq!(row.get::<chrono::DateTime<chrono::Utc>, _>("valid_from"), v1.valid_from);
+    assert_eq!(row.get::<Option<chrono::DateTime<chrono::Utc>>, _>("deleted_at"), None);
     assert_eq!(row.get::<String, _>("owner"), "ada");
     assert_eq!(row.get::<i64, _>("balance"), 100);
 
@@ -106,17 +96,13 @@ async fn update_appends_a_version_and_keeps_the_old_one(db: Db) -> TestResult {
 
 async fn update_of_unknown_entity_is_not_found_and_writes_nothing(db: Db) -> TestResult {
     let ghost = Uuid::now_v7();
-    let err = Account::update(&db.pool, ghost, Account::new("nobody", 1))
-        .await
-        .unwrap_err();
+    let err = Account::update(&db.pool, ghost, Account::new("nobody", 1)).await.unwrap_err();
     assert!(
         matches!(err, Error::NotFound { table: "accounts", entity_id, version: None } if entity_id == ghost),
         "{err:?}"
     );
     assert!(err.to_string().contains(&ghost.to_string()), "{err}");
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts")
-        .fetch_one(&db.pool)
-        .await?;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts").fetch_one(&db.pool).await?;
     assert_eq!(total, 0);
     Ok(())
 }
@@ -124,16 +110,9 @@ async fn update_of_unknown_entity_is_not_found_and_writes_nothing(db: Db) -> Tes
 async fn update_of_deleted_entity_is_refused(db: Db) -> TestResult {
     let v1 = Account::insert(&db.pool, Account::new("ada", 100)).await?;
     let tomb = Account::delete(&db.pool, v1.entity_id).await?;
-    let err = Account::update(&db.pool, v1.entity_id, Account::new("ada", 1))
-        .await
-        .unwrap_err();
+    let err = Account::update(&db.pool, v1.entity_id, Account::new("ada", 1)).await.unwrap_err();
     match err {
-        Error::Deleted {
-            table,
-            entity_id,
-            version,
-            deleted_at,
-        } => {
+        Error::Deleted { table, entity_id, version, deleted_at } => {
             assert_eq!((table, entity_id, version), ("accounts", v1.entity_id, 2));
             assert_eq!(Some(deleted_at), tomb.deleted_at);
         }
@@ -179,17 +158,7 @@ async fn save_is_optimistic(db: Db) -> TestResult {
     let saved = mine.save(&db.pool).await?;
     assert_eq!((saved.version, saved.balance), (2, 101));
     let err = theirs.save(&db.pool).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::VersionConflict {
-                expected: Some(1),
-                actual: Some(2),
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, Error::VersionConflict { expected: Some(1), actual: Some(2), .. }), "{err:?}");
     assert_eq!(Account::find(&db.pool, v1.entity_id).await?.balance, 101);
     Ok(())
 }
@@ -229,9 +198,7 @@ async fn withdraw(db: &Db, id: Uuid, amount: i64) -> Result<Versioned<Account>, 
 
 async fn try_modify_refusal_writes_nothing(db: Db) -> TestResult {
     let v1 = Account::insert(&db.pool, Account::new("ada", 100)).await?;
-    let v2 = withdraw(&db, v1.entity_id, 60)
-        .await
-        .map_err(|e| format!("{e:?}"))?;
+    let v2 = withdraw(&db, v1.entity_id, 60).await.map_err(|e| format!("{e:?}"))?;
     assert_eq!((v2.version, v2.balance), (2, 40));
     match withdraw(&db, v1.entity_id, 60).await {
         Err(WithdrawError::Insufficient { balance: 40 }) => {}
@@ -246,16 +213,12 @@ async fn try_modify_refusal_writes_nothing(db: Db) -> TestResult {
 }
 
 async fn modify_of_unknown_or_deleted_entity_fails(db: Db) -> TestResult {
-    let err = Account::modify(&db.pool, Uuid::now_v7(), |a| a.balance += 1)
-        .await
-        .unwrap_err();
+    let err = Account::modify(&db.pool, Uuid::now_v7(), |a| a.balance += 1).await.unwrap_err();
     assert!(err.is_not_found(), "{err:?}");
     let v1 = Account::insert(&db.pool, Account::new("ada", 100)).await?;
     Account::delete(&db.pool, v1.entity_id).await?;
     let mut called = false;
-    let err = Account::modify(&db.pool, v1.entity_id, |_| called = true)
-        .await
-        .unwrap_err();
+    let err = Account::modify(&db.pool, v1.entity_id, |_| called = true).await.unwrap_err();
     assert!(err.is_deleted(), "{err:?}");
     assert!(!called, "the closure must not run on a tombstone");
     assert_eq!(rows(&db, v1.entity_id).await?, 2);
@@ -306,17 +269,7 @@ async fn undelete_revives_the_last_data(db: Db) -> TestResult {
 async fn undelete_of_live_or_unknown_entity_is_refused(db: Db) -> TestResult {
     let v1 = Account::insert(&db.pool, Account::new("ada", 100)).await?;
     let err = Account::undelete(&db.pool, v1.entity_id).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::NotDeleted {
-                table: "accounts",
-                version: 1,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, Error::NotDeleted { table: "accounts", version: 1, .. }), "{err:?}");
     assert!(err.to_string().contains("not deleted"), "{err}");
     let err = Account::undelete(&db.pool, Uuid::now_v7()).await.unwrap_err();
     assert!(err.is_not_found(), "{err:?}");
@@ -349,12 +302,7 @@ async fn writes_in_a_caller_transaction_commit_and_roll_back_together(db: Db) ->
     tx.rollback().await?;
     assert_eq!(versions(&db, a.entity_id).await?, [1, 2]);
     assert_eq!(versions(&db, b.entity_id).await?, [1, 2]);
-    assert!(
-        Account::find(&db.pool, d.entity_id)
-            .await
-            .unwrap_err()
-            .is_not_found()
-    );
+    assert!(Account::find(&db.pool, d.entity_id).await.unwrap_err().is_not_found());
     Ok(())
 }
 
@@ -363,26 +311,12 @@ async fn a_failed_write_leaves_the_caller_transaction_usable(db: Db) -> TestResu
     let mut tx = db.pool.begin().await?;
     Account::modify(&mut tx, a.entity_id, |x| x.balance += 1).await?;
     // Each failure is rolled back to its savepoint; the transaction goes on.
-    assert!(
-        Account::update(&mut tx, Uuid::now_v7(), Account::new("x", 0))
-            .await
-            .unwrap_err()
-            .is_not_found()
-    );
-    let err = Account::update_if_version(&mut tx, a.entity_id, 1, Account::new("x", 0))
-        .await
-        .unwrap_err();
+    assert!(Account::update(&mut tx, Uuid::now_v7(), Account::new("x", 0)).await.unwrap_err().is_not_found());
+    let err = Account::update_if_version(&mut tx, a.entity_id, 1, Account::new("x", 0)).await.unwrap_err();
     assert!(matches!(err, Error::VersionConflict { .. }), "{err:?}");
-    assert!(matches!(
-        Account::undelete(&mut tx, a.entity_id).await.unwrap_err(),
-        Error::NotDeleted { .. }
-    ));
+    assert!(matches!(Account::undelete(&mut tx, a.entity_id).await.unwrap_err(), Error::NotDeleted { .. }));
     // A database-level failure inside the insert (here: a NUL byte, which text cannot hold).
-    assert!(
-        Account::insert(&mut tx, Account::new("nul\0byte", 0))
-            .await
-            .is_err()
-    );
+    assert!(Account::insert(&mut tx, Account::new("nul\0byte", 0)).await.is_err());
     Account::modify(&mut tx, a.entity_id, |x| x.balance += 1).await?;
     tx.commit().await?;
     assert_eq!(versions(&db, a.entity_id).await?, [1, 2, 3]);
@@ -420,10 +354,7 @@ async fn valid_from_never_goes_back_behind_the_previous_version(db: Db) -> TestR
     .fetch_one(&db.pool)
     .await?;
     let v3 = Account::modify(&db.pool, v1.entity_id, |a| a.balance = 3).await?;
-    assert_eq!(
-        v3.valid_from, future,
-        "clamped to the previous version's valid_from"
-    );
+    assert_eq!(v3.valid_from, future, "clamped to the previous version's valid_from");
     let tomb = Account::delete(&db.pool, v1.entity_id).await?;
     assert_eq!(tomb.valid_from, future);
     let back = Account::undelete(&db.pool, v1.entity_id).await?;
@@ -444,12 +375,7 @@ async fn valid_from_is_taken_after_the_lock_not_at_transaction_start(db: Db) -> 
     let a_version = Account::modify(&mut a, v1.entity_id, |x| x.balance = 3).await?;
     a.commit().await?;
     assert_eq!((b.version, a_version.version), (2, 3));
-    assert!(
-        a_version.valid_from > b.valid_from,
-        "{} <= {}",
-        a_version.valid_from,
-        b.valid_from
-    );
+    assert!(a_version.valid_from > b.valid_from, "{} <= {}", a_version.valid_from, b.valid_from);
     Ok(())
 }
 
@@ -459,17 +385,13 @@ async fn stale_snapshot_write(
 ) -> Result<(Uuid, Error), Box<dyn std::error::Error + Send + Sync>> {
     let v1 = Account::insert(&db.pool, Account::new("ada", 1)).await?;
     let mut tx = db.pool.begin().await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "SET TRANSACTION ISOLATION LEVEL {isolation}"
-    )))
-    .execute(&mut *tx)
-    .await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET TRANSACTION ISOLATION LEVEL {isolation}")))
+        .execute(&mut *tx)
+        .await?;
     // The snapshot is taken by the first query and predates the other writer's commit.
     assert_eq!(Account::find(&mut *tx, v1.entity_id).await?.version, 1);
     Account::modify(&db.pool, v1.entity_id, |x| x.balance = 2).await?;
-    let err = Account::modify(&mut tx, v1.entity_id, |x| x.balance = 3)
-        .await
-        .unwrap_err();
+    let err = Account::modify(&mut tx, v1.entity_id, |x| x.balance = 3).await.unwrap_err();
     // The caller's transaction is still usable after the failed write (savepoint)...
     sqlx::query("SELECT 1").execute(&mut *tx).await?;
     tx.rollback().await?;

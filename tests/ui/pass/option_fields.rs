@@ -15,9 +15,17 @@ fn main() {
         Person::TABLE.columns.iter().map(|c| (c.name, c.sql_type, c.nullable)).collect();
     assert_eq!(
         nullable,
-        [("name", "text", false), ("nickname", "text", true), ("born", "date", true), ("avatar", "bytea", true)]
+        [
+            ("name", "text", false),
+            ("nickname", "text", true),
+            ("born", "date", true),
+            ("avatar", "bytea", true)
+        ]
     );
     let ddl = immu_core::schema::create_table::<Person>().unwrap();
     assert!(ddl.contains(r#""name"       text        NOT NULL"#), "{ddl}");
-    assert!(ddl.contains(r#""nickname"   text"#) && !ddl.contains(r#""nickname"   text        NOT NULL"#), "{ddl}");
+    assert!(
+        ddl.contains(r#""nickname"   text"#) && !ddl.contains(r#""nickname"   text        NOT NULL"#),
+        "{ddl}"
+    );
 }
