@@ -1,103 +1,196 @@
-//! immu's demo: its entity type, its migrations (checked by the test suite against the DDL the
-//! derive generates) and the story it tells, which the test suite also runs end to end.
+//! immu's demo: a small ledger (customers, accounts, transfers) that shows versions, as-of reads
+//! and lists, a join as of a past instant, history, delete/undelete, optimistic concurrency and
+//! the database refusing an `UPDATE`.
+//!
+//! The test suite runs [`run`] end to end and checks the migrations in `demo/migrations/`
+//! against the DDL the derive generates.
 
 use std::io::Write;
-use std::time::Duration;
 
-use immu_core::{Error, Immutable, Versioned};
+use chrono::{DateTime, Utc};
+use immu_core::sea_query::{ExprTrait, Order};
+use immu_core::{Error, Immutable, Snapshot, Versioned};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use uuid::Uuid;
 
-/// A bank account.
+/// A customer of the bank.
+#[derive(Debug, Clone, PartialEq, Eq, Immutable, Serialize, Deserialize)]
+#[immu(table = "customers")]
+pub struct Customer {
+    /// Name.
+    pub name: String,
+    /// City of residence.
+    pub city: String,
+}
+
+/// A bank account, owned by a customer.
 #[derive(Debug, Clone, PartialEq, Eq, Immutable, Serialize, Deserialize)]
 #[immu(table = "accounts")]
 pub struct Account {
-    /// Who owns it.
-    pub owner: String,
+    /// The owner (a customer's `entity_id`, with a foreign key).
+    #[immu(references = Customer)]
+    pub owner_id: Uuid,
+    /// What the account is called.
+    pub label: String,
     /// Balance in cents.
     pub balance: i64,
 }
 
-/// `writeln!` that ignores write errors (a closed stdout must not abort the story).
-macro_rules! say {
-    ($out:expr, $($arg:tt)*) => {
-        let _ = writeln!($out, $($arg)*);
-    };
+/// A transfer between two accounts: written once, never changed.
+#[derive(Debug, Clone, PartialEq, Eq, Immutable, Serialize, Deserialize)]
+#[immu(table = "transfers")]
+pub struct Transfer {
+    /// Debited account.
+    #[immu(references = Account)]
+    pub from_account: Uuid,
+    /// Credited account.
+    #[immu(references = Account)]
+    pub to_account: Uuid,
+    /// Amount in cents.
+    pub amount: i64,
 }
 
 /// The demo's migrations (`demo/migrations/`), run after [`immu_core::MIGRATOR`].
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// `writeln!` that ignores write errors (a closed stdout must not abort the story).
+macro_rules! say {
+    ($out:expr) => {
+        let _ = writeln!($out);
+    };
+    ($out:expr, $($arg:tt)*) => {
+        let _ = writeln!($out, $($arg)*);
+    };
+}
+
+/// Moves `amount` cents between two accounts: both balances and the transfer record change in one
+/// transaction, each account under its entity lock (read-modify-write: no lost update).
+pub async fn transfer(
+    pool: &PgPool,
+    from: Uuid,
+    to: Uuid,
+    amount: i64,
+) -> Result<Versioned<Transfer>, Error> {
+    let mut tx = pool.begin().await?;
+    Account::modify(&mut tx, from, |a| a.balance -= amount).await?;
+    Account::modify(&mut tx, to, |a| a.balance += amount).await?;
+    let record = Transfer::insert(&mut tx, Transfer { from_account: from, to_account: to, amount }).await?;
+    tx.commit().await?;
+    Ok(record)
+}
+
 /// Runs the demo on an empty database: migrates it, then tells the story to `out`.
 pub async fn run<W: Write + Send>(pool: &PgPool, out: &mut W) -> Result<(), Box<dyn std::error::Error>> {
-    let pool = pool.clone();
-    immu_core::MIGRATOR.run(&pool).await?;
-    MIGRATOR.run(&pool).await?;
-    say!(out, "Migrated: immu's trigger function and the versioned table \"accounts\".\n");
+    immu_core::MIGRATOR.run(pool).await?;
+    MIGRATOR.run(pool).await?;
+    say!(out, "Migrated: immu's trigger function and the versioned tables customers, accounts, transfers.");
 
-    section(out, "1. Create an account, then change it twice: every change appends a version");
-    let v1 = Account::insert(&pool, Account { owner: "Ada".into(), balance: 10_000 }).await?;
-    show(out, "insert", &v1);
-    pause().await;
-    let v2 = Account::modify(&pool, v1.entity_id, |a| a.balance += 5_000).await?;
-    show(out, "deposit 50.00", &v2);
-    pause().await;
-    let v3 = Account::modify(&pool, v1.entity_id, |a| a.balance -= 3_000).await?;
-    show(out, "withdraw 30.00", &v3);
+    section(out, "1. Open the ledger: every insert is version 1 of a new entity");
+    let ada = Customer::insert(pool, Customer { name: "Ada".into(), city: "London".into() }).await?;
+    let bob = Customer::insert(pool, Customer { name: "Bob".into(), city: "Paris".into() }).await?;
+    let checking = open(pool, &ada, "Ada checking", dollars(100)).await?;
+    let savings = open(pool, &ada, "Ada savings", dollars(500)).await?;
+    let bobs = open(pool, &bob, "Bob checking", dollars(50)).await?;
+    for a in [&checking, &savings, &bobs] {
+        show(out, "opened", a);
+    }
+    let quarter_end = Snapshot::now(pool).await?;
+    say!(out, "  -- quarter end: {} --", time(quarter_end.instant()));
 
-    section(out, "2. Read the account as it was at an earlier instant");
-    let current = Account::find(&pool, v1.entity_id).await?;
-    say!(
-        out,
-        "  current:                    version {}  balance {}",
-        current.version,
-        money(current.balance)
-    );
-    let then = Account::find_as_of(&pool, v1.entity_id, v2.valid_from).await?;
-    say!(
-        out,
-        "  as of {}: version {}  balance {}",
-        then.valid_from.format("%H:%M:%S%.6f"),
-        then.version,
-        money(then.balance)
-    );
-    let before = Account::find_as_of(&pool, v1.entity_id, v1.valid_from - chrono::Duration::seconds(1)).await;
-    say!(out, "  as of one second before it was created: {}", describe(before.map(|_| ())));
+    section(out, "2. Changes append versions: two transfers and a move");
+    transfer(pool, checking.entity_id, bobs.entity_id, dollars(30)).await?;
+    say!(out, "  transfer 30.00 from Ada checking to Bob checking");
+    transfer(pool, savings.entity_id, checking.entity_id, dollars(200)).await?;
+    say!(out, "  transfer 200.00 from Ada savings to Ada checking");
+    Customer::modify(pool, bob.entity_id, |c| c.city = "Berlin".into()).await?;
+    say!(out, "  Bob moves to Berlin");
 
-    section(out, "3. Optimistic concurrency: a write based on a stale version is refused");
-    let stale =
-        Account::update_if_version(&pool, v1.entity_id, 2, Account { owner: "Ada".into(), balance: 0 }).await;
-    say!(out, "  update expecting version 2: {}", describe(stale.map(|_| ())));
+    section(out, "3. Lists with a filter, now and as of the quarter end (filters see the resolved version)");
+    let rich = || Account::BALANCE.gt(dollars(100));
+    let now = Account::query().filter(rich()).order_by(Account::LABEL, Order::Asc).fetch_all(pool).await?;
+    say!(out, "  balance > 100.00 now:            {}", labels(&now));
+    let then = quarter_end
+        .query::<Account>()
+        .filter(rich())
+        .order_by(Account::LABEL, Order::Asc)
+        .fetch_all(pool)
+        .await?;
+    say!(out, "  balance > 100.00 at quarter end: {}", labels(&then));
 
-    section(out, "4. Delete, then undelete: both append a version; nothing is erased");
-    let tomb = Account::delete(&pool, v1.entity_id).await?;
-    show(out, "delete", &tomb);
-    say!(out, "  find after delete: {}", describe(Account::find(&pool, v1.entity_id).await.map(|_| ())));
-    pause().await;
-    let back = Account::undelete(&pool, v1.entity_id).await?;
-    show(out, "undelete", &back);
+    section(out, "4. A join as of the quarter end: accounts with their owners as they were then");
+    for (when, snapshot) in [("quarter end", quarter_end), ("now", Snapshot::now(pool).await?)] {
+        let rows = snapshot
+            .query::<Account>()
+            .join::<Customer>(Account::OWNER_ID)
+            .order_by(Account::LABEL, Order::Asc)
+            .fetch_all(pool)
+            .await?;
+        say!(out, "  {when}:");
+        for (account, owner) in rows {
+            say!(
+                out,
+                "    {:<13} {:>8}  owner {} ({})",
+                account.label,
+                money(account.balance),
+                owner.name,
+                owner.city
+            );
+        }
+    }
 
-    section(out, "5. The full history, oldest first");
-    say!(out, "  {:<7} {:<26} {:<8} {:>10}", "version", "valid_from", "deleted", "balance");
-    for v in Account::history(&pool, v1.entity_id).await? {
+    section(out, "5. The history of one account, oldest first");
+    say!(out, "  {:<7} {:<15} {:<8} {:>9}", "version", "valid_from", "deleted", "balance");
+    for v in Account::history(pool, checking.entity_id).await? {
         say!(
             out,
-            "  {:<7} {:<26} {:<8} {:>10}",
+            "  {:<7} {:<15} {:<8} {:>9}",
             v.version,
-            v.valid_from.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
-            if v.is_deleted() { "yes" } else { "" },
+            time(v.valid_from),
+            yes(v.is_deleted()),
             money(v.balance)
         );
     }
+    let changes = Account::query()
+        .all_versions()
+        .changed_between(quarter_end.instant(), Utc::now())
+        .count(pool)
+        .await?;
+    say!(out, "  account versions written since the quarter end: {changes}");
 
-    section(out, "6. The database itself refuses to change history");
+    section(out, "6. Each transfer with its source account as it was at that moment (one query)");
+    let transfers = Transfer::query().order_by(Transfer::VALID_FROM, Order::Asc).fetch_all(pool).await?;
+    let sources =
+        Account::find_each_as_of(pool, transfers.iter().map(|t| (t.from_account, t.valid_from))).await?;
+    for (t, source) in transfers.iter().zip(&sources) {
+        let source = source.as_ref().map(|a| format!("{} (balance then {})", a.label, money(a.balance)));
+        say!(out, "  {} at {}: from {}", money(t.amount), time(t.valid_from), source.unwrap_or_default());
+    }
+
+    section(out, "7. Close and reopen an account: delete and undelete append versions");
+    let closed = Account::delete(pool, bobs.entity_id).await?;
+    show(out, "deleted", &closed);
+    say!(out, "  find now: {}", describe(Account::find(pool, bobs.entity_id).await.map(|_| ())));
+    say!(
+        out,
+        "  live accounts: {}",
+        labels(&Account::query().order_by(Account::LABEL, Order::Asc).fetch_all(pool).await?)
+    );
+    let reopened = Account::undelete(pool, bobs.entity_id).await?;
+    show(out, "undeleted", &reopened);
+
+    section(out, "8. Optimistic concurrency: a write based on a stale version is refused");
+    let stale = Account::find_version(pool, checking.entity_id, 1).await?;
+    say!(out, "  save of version 1 after later changes: {}", describe(stale.save(pool).await.map(|_| ())));
+
+    section(out, "9. The database itself refuses to change history");
     for sql in [
-        "UPDATE accounts SET balance = 1000000 WHERE owner = 'Ada'",
+        "UPDATE accounts SET balance = 1000000 WHERE label = 'Bob checking'",
         "DELETE FROM accounts",
         "TRUNCATE accounts",
     ] {
         say!(out, "  > {sql}");
-        match sqlx::raw_sql(sql).execute(&pool).await {
+        match sqlx::raw_sql(sql).execute(pool).await {
             Ok(_) => return Err(format!("{sql:?} was not refused").into()),
             Err(err) => {
                 let message = err.as_database_error().map(|e| e.message().to_owned()).unwrap_or_default();
@@ -106,10 +199,19 @@ pub async fn run<W: Write + Send>(pool: &PgPool, out: &mut W) -> Result<(), Box<
             }
         }
     }
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts").fetch_one(&pool).await?;
-    say!(out, "  rows in accounts afterwards: {rows} (all versions kept)");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts").fetch_one(pool).await?;
+    say!(out, "  rows in accounts afterwards: {rows} (every version kept)");
     say!(out, "\nDone.");
     Ok(())
+}
+
+async fn open(
+    pool: &PgPool,
+    owner: &Versioned<Customer>,
+    label: &str,
+    balance: i64,
+) -> Result<Versioned<Account>, Error> {
+    Account::insert(pool, Account { owner_id: owner.entity_id, label: label.into(), balance }).await
 }
 
 fn section(out: &mut impl Write, title: &str) {
@@ -119,38 +221,49 @@ fn section(out: &mut impl Write, title: &str) {
 fn show(out: &mut impl Write, what: &str, v: &Versioned<Account>) {
     say!(
         out,
-        "  {what:<15} -> version {}  valid_from {}  {:<10} balance {}{}",
+        "  {what:<9} {:<13} version {}  valid_from {}  balance {:>8}{}",
+        v.label,
         v.version,
-        v.valid_from.format("%H:%M:%S%.6f"),
-        v.owner,
+        time(v.valid_from),
         money(v.balance),
         if v.is_deleted() { "  (tombstone)" } else { "" }
     );
 }
 
+fn labels(accounts: &[Versioned<Account>]) -> String {
+    let labels: Vec<String> = accounts.iter().map(|a| format!("{} {}", a.label, money(a.balance))).collect();
+    if labels.is_empty() { "(none)".to_owned() } else { labels.join(", ") }
+}
+
 fn describe(result: Result<(), Error>) -> String {
     match result {
         Ok(()) => "ok".to_owned(),
-        Err(err) => format!("Err({}) — {err}", variant(&err)),
+        Err(err) => {
+            let variant = match &err {
+                Error::NotFound { .. } => "NotFound",
+                Error::Deleted { .. } => "Deleted",
+                Error::VersionConflict { .. } => "VersionConflict",
+                _ => "Error",
+            };
+            format!("Err({variant}): {err}")
+        }
     }
 }
 
-fn variant(err: &Error) -> &'static str {
-    match err {
-        Error::NotFound { .. } => "NotFound",
-        Error::Deleted { .. } => "Deleted",
-        Error::NotDeleted { .. } => "NotDeleted",
-        Error::VersionConflict { .. } => "VersionConflict",
-        Error::AppendOnly { .. } => "AppendOnly",
-        _ => "Error",
-    }
+fn time(t: DateTime<Utc>) -> String {
+    t.format("%H:%M:%S%.6f").to_string()
+}
+
+fn yes(flag: bool) -> &'static str {
+    if flag { "yes" } else { "" }
+}
+
+/// Whole dollars in cents.
+const fn dollars(n: i64) -> i64 {
+    n * 100
 }
 
 fn money(cents: i64) -> String {
-    format!("{}.{:02}", cents / 100, (cents % 100).abs())
-}
-
-/// A short pause so that the versions' timestamps are visibly apart.
-async fn pause() {
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    let sign = if cents < 0 { "-" } else { "" };
+    format!("{sign}{}.{:02}", cents.abs() / 100, cents.abs() % 100)
 }

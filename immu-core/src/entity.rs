@@ -9,7 +9,7 @@ use sqlx::{Acquire, Executor, Postgres};
 use uuid::Uuid;
 
 use crate::sql::{DELETED_AT, ENTITY_ID, ID, VALID_FROM, VERSION};
-use crate::{Result, Versioned, read, write};
+use crate::{Query, Result, Versioned, read, write};
 
 /// The names of the columns that immu adds to every versioned table, in table order.
 ///
@@ -43,6 +43,10 @@ pub struct ColumnDef {
     pub nullable: bool,
     /// Whether the field is stored as JSON through serde (`#[immu(json)]`).
     pub json: bool,
+    /// The table of the entity this column refers to (`#[immu(references = Customer)]`): the
+    /// column holds that entity's `entity_id`, and the DDL adds a foreign key to its identity
+    /// table.
+    pub references: Option<&'static str>,
 }
 
 impl TableDef {
@@ -86,6 +90,11 @@ impl TableDef {
 pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
     /// The table this entity is stored in.
     const TABLE: TableDef;
+
+    #[doc(hidden)]
+    /// `TABLE.name`, on its own: two entities that reference each other read each other's table
+    /// name while their `TABLE`s are being defined.
+    const __TABLE_NAME: &'static str;
 
     #[doc(hidden)]
     /// The entity's cached SQL statements (built once per type).
@@ -228,6 +237,42 @@ pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
         E: Executor<'c, Database = Postgres> + 'c,
     {
         read::version(db, entity_id, version)
+    }
+
+    /// A list query over this entity: current versions unless told otherwise (see [`Query`]).
+    ///
+    /// ```no_run
+    /// # use immu_core::{Immutable, sea_query::{ExprTrait, Order}};
+    /// # #[derive(Immutable)] #[immu(table = "accounts")] struct Account { owner: String, balance: i64 }
+    /// # async fn demo(pool: sqlx::PgPool) -> immu_core::Result<()> {
+    /// let top = Account::query()
+    ///     .filter(Account::BALANCE.gt(100))
+    ///     .order_by(Account::BALANCE, Order::Desc)
+    ///     .limit(10)
+    ///     .fetch_all(&pool)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    fn query() -> Query<Self> {
+        Query::new()
+    }
+
+    /// The referenced entities, each as of its own instant, in one query: for a batch of
+    /// referrers, `(referenced id, referrer's instant)` pairs, e.g. each order's customer as it
+    /// was when the order was placed. The result is aligned with the input: `None` where the
+    /// entity did not exist at that instant, its tombstone (`is_deleted()`) where it was deleted.
+    ///
+    /// For many entities at one instant (or current), use
+    /// [`query().ids(..)`](Query::ids) (with [`as_of`](Query::as_of)).
+    fn find_each_as_of<'c, E, I>(
+        db: E,
+        refs: I,
+    ) -> impl Future<Output = Result<Vec<Option<Versioned<Self>>>>> + Send + 'c
+    where
+        E: Executor<'c, Database = Postgres> + 'c,
+        I: IntoIterator<Item = (Uuid, DateTime<Utc>)>,
+    {
+        read::each_as_of(db, refs.into_iter().unzip())
     }
 
     /// Every version of the entity, tombstones included, in version order.

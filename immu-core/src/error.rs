@@ -103,6 +103,28 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// The database refused a reference to an entity that does not exist: a foreign key
+    /// (`#[immu(references = ...)]`) to the referenced entity's identity table.
+    #[error("{table}: {constraint} refused the reference: {detail}")]
+    UnknownReference {
+        /// The referring table.
+        table: String,
+        /// The foreign key constraint.
+        constraint: String,
+        /// PostgreSQL's detail, naming the missing entity id.
+        detail: String,
+    },
+
+    /// A column name given at runtime (for example to
+    /// [`Query::order_by_name`](crate::Query::order_by_name)) that the entity does not have.
+    #[error("{table} has no column {column:?}")]
+    UnknownColumn {
+        /// Table of the entity.
+        table: &'static str,
+        /// The name given.
+        column: String,
+    },
+
     /// The versioned table does not exist: its migration has not run.
     #[error(
         "table {table:?} does not exist: create it with the DDL from immu_core::schema::create_table::<T>() in a migration"
@@ -151,6 +173,13 @@ impl From<sqlx::Error> for Error {
                     let table = pg.and_then(|e| e.table()).unwrap_or_default().to_owned();
                     let operation = db.message().split_whitespace().next().unwrap_or_default().to_owned();
                     return Error::AppendOnly { table, operation };
+                }
+                Some("23503") => {
+                    return Error::UnknownReference {
+                        table: db.table().unwrap_or_default().to_owned(),
+                        constraint: db.constraint().unwrap_or_default().to_owned(),
+                        detail: pg.and_then(|e| e.detail()).unwrap_or_default().to_owned(),
+                    };
                 }
                 Some("42P01") => {
                     // undefined_table: `relation "accounts" does not exist`

@@ -80,21 +80,31 @@
 //! nothing.
 #![forbid(unsafe_code)]
 
+mod column;
 mod entity;
 mod error;
 mod lock;
+mod query;
 mod read;
 mod resolve;
 pub mod schema;
+mod snapshot;
 mod sql;
 mod versioned;
 mod write;
 
+pub use column::Column;
 pub use entity::{ColumnDef, Immutable, RESERVED_COLUMNS, TableDef};
 pub use error::{APPEND_ONLY_SQLSTATE, Error, OptionalExt, Result};
 pub use lock::lock_key;
+pub use query::{Join, Query, Resolution};
 pub use schema::ColumnType;
+pub use snapshot::Snapshot;
 pub use versioned::Versioned;
+
+/// sea-query, the query builder immu's filters and orders are written in (`ExprTrait`, `Order`,
+/// `Expr`, `Condition`), re-exported so your version always matches immu's.
+pub use sea_query;
 
 #[cfg(feature = "derive")]
 pub use immu_derive::Immutable;

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
-use sqlx::{Executor, Postgres};
+use sqlx::{Executor, Postgres, Row};
 use uuid::Uuid;
 
 use crate::{Error, Immutable, Result, Versioned};
@@ -54,6 +54,27 @@ where
         return Err(Error::NotFound { table: T::TABLE.name, entity_id, version: None });
     }
     rows.iter().map(|row| Ok(Versioned::decode(row)?)).collect()
+}
+
+/// Each referenced entity as of its own instant, aligned with the input; tombstones included.
+pub(crate) async fn each_as_of<'c, T, E>(
+    db: E,
+    (ids, instants): (Vec<Uuid>, Vec<DateTime<Utc>>),
+) -> Result<Vec<Option<Versioned<T>>>>
+where
+    T: Immutable,
+    E: Executor<'c, Database = Postgres> + 'c,
+{
+    let mut found: Vec<Option<Versioned<T>>> = ids.iter().map(|_| None).collect();
+    let rows = sqlx::query(T::__sql().each_as_of.as_str()).bind(ids).bind(instants).fetch_all(db).await?;
+    for row in rows {
+        let ordinality: i64 = row.try_get(0)?;
+        let slot = usize::try_from(ordinality - 1).ok().and_then(|i| found.get_mut(i));
+        if let Some(slot) = slot {
+            *slot = Some(Versioned::decode_at(&row, 1)?);
+        }
+    }
+    Ok(found)
 }
 
 /// A resolved version as a read reports it: missing is [`Error::NotFound`], a tombstone is

@@ -60,6 +60,9 @@ pub struct Sql {
     /// Live copy of a tombstone's data: `$1` id, `$2` entity_id. Inserts nothing unless the
     /// latest version is a tombstone. Returns all columns.
     pub(crate) undelete: String,
+    /// Entities `$1` (uuid[]) each as of its instant in `$2` (timestamptz[]). Columns: the
+    /// 1-based position in the arrays, then all columns.
+    pub(crate) each_as_of: String,
 }
 
 impl Sql {
@@ -83,13 +86,36 @@ impl Sql {
             .order_by(VERSION, Order::Asc);
 
         let insert = {
+            // The entity's identity row (the target of foreign keys) and its first version, in one
+            // statement: a data-modifying CTE runs whether or not it is referenced.
+            let mut identity = Query::insert();
+            identity
+                .into_table(Alias::new(identity_table(table)))
+                .columns([ENTITY_ID])
+                .values_panic([param(2)]);
             let values =
                 [param(1), param(2), Expr::val(1i64), Expr::cust("clock_timestamp()"), Expr::cust("NULL")]
                     .into_iter()
                     .chain((0..table.columns.len()).map(|i| param(3 + i)));
             let mut insert = Query::insert();
             insert.into_table(table.name).columns(all()).values_panic(values).returning_col(VALID_FROM);
-            insert.to_string(PostgresQueryBuilder)
+            format!(
+                "WITH \"immu_identity\" AS ({}) {}",
+                identity.to_string(PostgresQueryBuilder),
+                insert.to_string(PostgresQueryBuilder)
+            )
+        };
+
+        let each_as_of = {
+            let entity = Expr::col(("immu_ref", ENTITY_ID));
+            let at = resolve::At::Instant(Expr::col(("immu_ref", "at")));
+            let latest =
+                resolve::latest(table, Some("immu_v"), all(), entity, at).to_string(PostgresQueryBuilder);
+            format!(
+                "SELECT \"immu_ref\".\"ord\", \"immu_found\".* \
+                 FROM unnest($1::uuid[], $2::timestamptz[]) WITH ORDINALITY AS \"immu_ref\" (\"entity_id\", \"at\", \"ord\") \
+                 CROSS JOIN LATERAL ({latest}) AS \"immu_found\""
+            )
         };
 
         let append = {
@@ -101,7 +127,7 @@ impl Sql {
                 .expr(next_valid_from())
                 .expr(Expr::cust("NULL::timestamptz"))
                 .exprs((0..table.columns.len()).map(|i| param(4 + i)))
-                .from_subquery(resolve::latest(table, LATEST_META, 2, At::Current), LATEST)
+                .from_subquery(resolve::latest(table, None, LATEST_META, param(2), At::Current), LATEST)
                 .and_where(Expr::col((LATEST, DELETED_AT)).is_null())
                 .and_where(param(3).is_null().or(Expr::col((LATEST, VERSION)).eq(param(3))));
             insert_select(table, select, [VERSION, VALID_FROM])
@@ -116,7 +142,7 @@ impl Sql {
                 .expr(Expr::col((NEXT, TS)))
                 .expr(if tombstone { Expr::col((NEXT, TS)) } else { Expr::cust("NULL::timestamptz") })
                 .exprs(own().map(|c| Expr::col((LATEST, c))))
-                .from_subquery(resolve::latest(table, all(), 2, At::Current), LATEST)
+                .from_subquery(resolve::latest(table, None, all(), param(2), At::Current), LATEST)
                 .join_lateral(
                     sea_query::JoinType::InnerJoin,
                     Query::select().expr_as(next_valid_from(), Alias::new(TS)).to_owned(),
@@ -129,16 +155,27 @@ impl Sql {
         };
 
         Sql {
-            current: render(&resolve::latest(table, all(), 1, At::Current)),
-            as_of: render(&resolve::latest(table, all(), 1, At::Instant(2))),
+            current: render(&resolve::latest(table, None, all(), param(1), At::Current)),
+            as_of: render(&resolve::latest(table, None, all(), param(1), At::Instant(param(2)))),
             version: render(&version),
             history: render(&history),
             insert,
             append,
             delete: copy(true),
             undelete: copy(false),
+            each_as_of,
         }
     }
+}
+
+/// The name of the identity table of `table`: one row per entity, the target of foreign keys.
+pub(crate) fn identity_table(table: &TableDef) -> String {
+    identity_table_name(table.name)
+}
+
+/// [`identity_table`] by table name.
+pub(crate) fn identity_table_name(table: &str) -> String {
+    format!("{table}_entities")
 }
 
 /// Every column of the table: the reserved ones, then the entity's own.
@@ -170,8 +207,22 @@ mod tests {
         name: "accounts",
         rust_name: "Account",
         columns: &[
-            ColumnDef { name: "owner", field: "owner", sql_type: "text", nullable: false, json: false },
-            ColumnDef { name: "order", field: "order", sql_type: "bigint", nullable: false, json: false },
+            ColumnDef {
+                name: "owner",
+                field: "owner",
+                sql_type: "text",
+                nullable: false,
+                json: false,
+                references: None,
+            },
+            ColumnDef {
+                name: "order",
+                field: "order",
+                sql_type: "bigint",
+                nullable: false,
+                json: false,
+                references: None,
+            },
         ],
     };
 

@@ -81,13 +81,18 @@ impl<T: Immutable> Versioned<T> {
 
     /// Decodes a row laid out as the reserved columns followed by the entity's own columns.
     pub(crate) fn decode(row: &PgRow) -> std::result::Result<Self, sqlx::Error> {
+        Self::decode_at(row, 0)
+    }
+
+    /// [`decode`](Self::decode), for a row whose first `first` columns are something else.
+    pub(crate) fn decode_at(row: &PgRow, first: usize) -> std::result::Result<Self, sqlx::Error> {
         Ok(Versioned {
-            id: row.try_get(0)?,
-            entity_id: row.try_get(1)?,
-            version: row.try_get(2)?,
-            valid_from: row.try_get(3)?,
-            deleted_at: row.try_get(4)?,
-            data: T::__decode(row, crate::entity::RESERVED_COLUMNS.len())?,
+            id: row.try_get(first)?,
+            entity_id: row.try_get(first + 1)?,
+            version: row.try_get(first + 2)?,
+            valid_from: row.try_get(first + 3)?,
+            deleted_at: row.try_get(first + 4)?,
+            data: T::__decode(row, first + crate::entity::RESERVED_COLUMNS.len())?,
         })
     }
 }

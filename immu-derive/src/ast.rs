@@ -10,7 +10,7 @@ use syn::{Data, DeriveInput, Fields, Ident, LitStr, Type};
 
 use crate::attr::{ContainerAttrs, FieldAttrs};
 use crate::errors::Errors;
-use crate::names::snake_case;
+use crate::names::{constant_name, snake_case};
 
 /// The message for anything that is not a struct with named fields.
 pub(crate) const SHAPE_ERROR: &str = "#[derive(Immutable)] needs a struct with named fields";
@@ -27,6 +27,9 @@ pub(crate) struct Entity<'a> {
     pub(crate) rust_name: String,
     /// The fields, in declaration order; empty if the input is not a struct with named fields.
     pub(crate) fields: Vec<Field<'a>>,
+    /// The fields left out of [`fields`](Self::fields) because their attributes could not be
+    /// read (the stub impl still gives them a column constant).
+    pub(crate) unread: Vec<&'a Ident>,
 }
 
 /// A field of the struct: one column.
@@ -43,6 +46,11 @@ pub(crate) struct Field<'a> {
     pub(crate) json: bool,
     /// `#[immu(sql_type = "...")]`.
     pub(crate) sql_type: Option<LitStr>,
+    /// `#[immu(references = Type)]`: the entity whose `entity_id` the field holds.
+    pub(crate) references: Option<Type>,
+    /// The name of the field's column constant (`Account::OWNER`): the field name without `r#`
+    /// in SCREAMING_SNAKE_CASE.
+    pub(crate) constant: String,
 }
 
 /// A table or column name and where it comes from, for error messages.
@@ -98,11 +106,20 @@ impl<'a> Entity<'a> {
             );
         }
 
+        let mut unread = Vec::new();
         let fields = match &input.data {
             Data::Struct(data) => match &data.fields {
-                Fields::Named(named) => {
-                    named.named.iter().filter_map(|f| Field::from_syn(f, errors)).collect()
-                }
+                Fields::Named(named) => named
+                    .named
+                    .iter()
+                    .filter_map(|f| {
+                        let field = Field::from_syn(f, errors);
+                        if field.is_none() {
+                            unread.extend(&f.ident);
+                        }
+                        field
+                    })
+                    .collect(),
                 Fields::Unnamed(unnamed) => {
                     errors.spanned(unnamed, format!("{SHAPE_ERROR}, not a tuple struct"));
                     Vec::new()
@@ -125,7 +142,13 @@ impl<'a> Entity<'a> {
             }
         };
 
-        Entity { input, krate, table, rust_name, fields }
+        Entity { input, krate, table, rust_name, fields, unread }
+    }
+
+    /// Whether the input is a struct with named fields (the only shape that gets column
+    /// constants, also in the stub impl: an enum's variants could clash with them).
+    pub(crate) fn is_named_struct(&self) -> bool {
+        matches!(&self.input.data, Data::Struct(data) if matches!(data.fields, Fields::Named(_)))
     }
 
     /// The path to `immu_core` in generated code.
@@ -148,9 +171,11 @@ impl<'a> Field<'a> {
             member,
             ty: &field.ty,
             column,
-            field_name,
             json: attrs.json.is_present(),
             sql_type: attrs.sql_type,
+            references: attrs.references,
+            constant: constant_name(&field_name),
+            field_name,
         })
     }
 }

@@ -4,7 +4,7 @@
 
 use darling::util::Flag;
 use darling::{Error, FromDeriveInput, FromField, FromMeta};
-use syn::{Expr, Lit, LitStr, Meta};
+use syn::{Expr, Lit, LitStr, Meta, Type, TypePath};
 
 /// `#[immu(...)]` on the struct.
 #[derive(FromDeriveInput)]
@@ -31,6 +31,9 @@ pub(crate) struct FieldAttrs {
     /// `sql_type = "numeric(12,2)"`: the column type in the generated DDL.
     #[darling(with = string)]
     pub(crate) sql_type: Option<LitStr>,
+    /// `references = Customer`: the field holds the `entity_id` of that entity.
+    #[darling(with = entity_type)]
+    pub(crate) references: Option<Type>,
 }
 
 /// The name of an attribute key, for messages.
@@ -54,6 +57,51 @@ fn string(meta: &Meta) -> darling::Result<Option<LitStr>> {
         return Ok(Some(s.clone()));
     }
     Err(Error::custom(format!("expected a string in quotes: `{key} = \"...\"`")).with_span(value))
+}
+
+/// A `key = Type` value: the path of an entity type (`Customer`, `crate::models::Customer`,
+/// `Self`). A string gets its own message, as the natural mistake is to write the table name.
+fn entity_type(meta: &Meta) -> darling::Result<Option<Type>> {
+    let key = key(meta);
+    let expected = || {
+        format!(
+            "expected the referenced entity's type: `{key} = Customer`, where `Customer` derives Immutable"
+        )
+    };
+    let Meta::NameValue(name_value) = meta else {
+        return Err(Error::custom(expected()).with_span(meta));
+    };
+    let mut value = &name_value.value;
+    while let Expr::Group(group) = value {
+        value = &group.expr;
+    }
+    match value {
+        Expr::Path(path) if path.attrs.is_empty() => Ok(Some(Type::Path(TypePath {
+            attrs: Vec::new(),
+            qself: path.qself.clone(),
+            path: path.path.clone(),
+        }))),
+        Expr::Lit(syn::ExprLit { lit: Lit::Str(s), .. }) => {
+            Err(Error::custom(string_instead_of_type(&key, &s.value())).with_span(value))
+        }
+        _ => Err(Error::custom(expected()).with_span(value)),
+    }
+}
+
+/// The message for `references = "..."`: the type without quotes, if that is what the string
+/// holds, or else (a table name) the entity type instead.
+fn string_instead_of_type(key: &str, value: &str) -> String {
+    let is_type = syn::parse_str::<syn::Path>(value).is_ok_and(|path| {
+        path.segments.last().is_some_and(|last| last.ident.to_string().starts_with(char::is_uppercase))
+    });
+    if is_type {
+        format!("`{key}` takes a type, not a string: write `{key} = {value}` without quotes")
+    } else {
+        format!(
+            "`{key}` takes the type of the referenced entity, not a table name: write `{key} = Customer`, \
+             where `Customer` is the struct that derives Immutable for table {value:?}"
+        )
+    }
 }
 
 /// A flag: the bare key (`json`), with no value.

@@ -1,13 +1,15 @@
-//! The `impl Immutable` generated for a valid entity.
+//! The `impl Immutable` generated for a valid entity, and its column constants.
 
-use proc_macro2::{Group, Literal, Span, TokenStream, TokenTree};
+use proc_macro2::{Group, Ident, Literal, Span, TokenStream, TokenTree};
 use quote::{quote, quote_spanned};
-use syn::DeriveInput;
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
+use syn::{DeriveInput, Type, TypePath};
 
 use crate::ast::{Entity, Field, is_option};
 use crate::errors::Errors;
 use crate::fallback;
+use crate::names::{RESERVED_COLUMNS, constant_ident, constant_name};
 
 /// The whole expansion of `#[derive(Immutable)]` on `input`: the impl, or every error followed by
 /// a stub impl (so that the user sees the errors of the derive, not errors about the missing impl).
@@ -33,7 +35,8 @@ fn impl_immutable(entity: &Entity<'_>) -> TokenStream {
     let table = &entity.table.value;
     let rust_name = &entity.rust_name;
 
-    let columns = entity.fields.iter().map(|f| column_def(f, &krate));
+    let columns = entity.fields.iter().map(|f| column_def(f, entity, &krate));
+    let uuid_checks = entity.fields.iter().filter_map(|f| references_uuid_check(f, &krate));
     let decode = entity.fields.iter().enumerate().map(|(i, f)| decode_field(i, f, &private));
     let encode = entity.fields.iter().map(|f| encode_field(f, &private));
     let (unused_row, unused_args) = if entity.fields.is_empty() {
@@ -42,10 +45,23 @@ fn impl_immutable(entity: &Entity<'_>) -> TokenStream {
         (TokenStream::new(), TokenStream::new())
     };
 
+    let constants = entity.fields.iter().map(|field| {
+        let ident = constant_ident(&field.constant, field.member.span())
+            .expect("validated: the constant name is an identifier");
+        (ident, field.column.value.as_str(), field.field_name.as_str())
+    });
+    let constants = column_constants(entity, &krate, constants.collect());
+
     quote! {
+        #constants
+
         const _: () = {
+            #(#uuid_checks)*
+
             #[automatically_derived]
             impl #krate::Immutable for #ident #where_clause {
+                const __TABLE_NAME: &'static str = #table;
+
                 const TABLE: #krate::TableDef = #krate::TableDef {
                     name: #table,
                     rust_name: #rust_name,
@@ -80,7 +96,7 @@ fn impl_immutable(entity: &Entity<'_>) -> TokenStream {
 
 /// The `ColumnDef` of a field. Type-dependent parts carry the field type's span (see [`respan`]),
 /// so that a type without `ColumnType` is reported on the field.
-fn column_def(field: &Field<'_>, krate: &syn::Path) -> TokenStream {
+fn column_def(field: &Field<'_>, entity: &Entity<'_>, krate: &syn::Path) -> TokenStream {
     let ty = field.ty;
     let span = ty.span();
     let name = &field.column.value;
@@ -101,6 +117,13 @@ fn column_def(field: &Field<'_>, krate: &syn::Path) -> TokenStream {
             )
         }
     };
+    let references = match &field.references {
+        Some(target) => {
+            let table = referenced_table(target, entity, krate);
+            quote!(::core::option::Option::Some(#table))
+        }
+        None => quote!(::core::option::Option::None),
+    };
     quote! {
         #krate::ColumnDef {
             name: #name,
@@ -108,9 +131,132 @@ fn column_def(field: &Field<'_>, krate: &syn::Path) -> TokenStream {
             sql_type: #sql_type,
             nullable: #nullable,
             json: #json,
+            references: #references,
         }
     }
 }
+
+/// The table name of the entity `target` of `#[immu(references = target)]`, for `ColumnDef`.
+///
+/// `<Customer as Immutable>::TABLE.name`, spanned on the path, so that a type that is not an
+/// entity is reported there. A reference to the entity itself names its table directly: its
+/// `TABLE` cannot be read while it is being defined (rustc reports a cycle). That is `Self` or the
+/// struct's name; a longer path that ends in the struct's name (`crate::models::Category`) is
+/// taken as the entity itself too, with a check that it is.
+fn referenced_table(target: &Type, entity: &Entity<'_>, krate: &syn::Path) -> TokenStream {
+    let span = target.span();
+    let own_table = &entity.table.value;
+    match self_reference(target, &entity.input.ident) {
+        Some(true) => quote_spanned!(span=> #own_table),
+        Some(false) => {
+            // Spanned from the path's first token to its last, so that a mismatch (another type
+            // of the same name) underlines the whole path.
+            let tokens: Vec<TokenTree> = quote!(#target).into_iter().collect();
+            let first = tokens.first().map_or(span, TokenTree::span);
+            let last = tokens.last().map_or(span, TokenTree::span);
+            let phantom = respan(quote!(::core::marker::PhantomData::<), first);
+            let close = respan(quote!(>), last);
+            quote! {
+                {
+                    let _: ::core::marker::PhantomData<Self> = #phantom #target #close;
+                    #own_table
+                }
+            }
+        }
+        None => {
+            let krate = respan(quote!(#krate), span);
+            quote_spanned!(span=> <#target as #krate::Immutable>::__TABLE_NAME)
+        }
+    }
+}
+
+/// Whether `target` names the entity `ident` itself: `Some(true)` for `Self` and `Ident`,
+/// `Some(false)` for a longer path ending in `Ident` (maybe another type of the same name),
+/// `None` otherwise.
+fn self_reference(target: &Type, ident: &Ident) -> Option<bool> {
+    let Type::Path(TypePath { qself: None, path, .. }) = target else {
+        return None;
+    };
+    let last = path.segments.last()?;
+    if !last.arguments.is_none() {
+        return None;
+    }
+    let single = path.segments.len() == 1 && path.leading_colon.is_none();
+    if single && last.ident == "Self" {
+        Some(true)
+    } else if last.ident.unraw() == ident.unraw() {
+        Some(single)
+    } else {
+        None
+    }
+}
+
+/// For a `references` field whose type gives its column type (`ColumnType`), a compile-time check
+/// that the column is a uuid: it holds an `entity_id`, and PostgreSQL would refuse the foreign key
+/// from any other type. Spanned on the field's type.
+fn references_uuid_check(field: &Field<'_>, krate: &syn::Path) -> Option<TokenStream> {
+    if field.references.is_none() || field.json || field.sql_type.is_some() {
+        return None;
+    }
+    let ty = field.ty;
+    let span = ty.span();
+    let krate = respan(quote!(#krate), span);
+    let message = format!(
+        "field `{}` has #[immu(references = ...)]: its column holds the referenced entity's \
+         `entity_id`, so its type must be uuid::Uuid or Option<uuid::Uuid>",
+        field.field_name
+    );
+    Some(quote_spanned! {span=>
+        const _: () = ::core::assert!(
+            ::core::matches!(<#ty as #krate::ColumnType>::SQL_TYPE.as_bytes(), b"uuid"),
+            #message,
+        );
+    })
+}
+
+/// The inherent impl with the column constants: `Account::OWNER` for each field, from
+/// `constants` (identifier, column name, field name), and one for each reserved column (`Account::ID`,
+/// `Account::ENTITY_ID`, ...). They have the struct's visibility, and live outside the
+/// `const _` block so that users can name them.
+pub(crate) fn column_constants(
+    entity: &Entity<'_>,
+    krate: &syn::Path,
+    constants: Vec<(Ident, &str, &str)>,
+) -> TokenStream {
+    let input = entity.input;
+    let (ident, vis, table) = (&input.ident, &input.vis, &entity.table.value);
+    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    let own = constants.into_iter().map(|(ident, column, field)| {
+        (ident, column, format!("Column `{column}` of `{table}` (field `{field}`)."))
+    });
+    let reserved = RESERVED_COLUMNS.iter().zip(RESERVED_MEANINGS).map(|(&column, meaning)| {
+        let ident = Ident::new(&constant_name(column), Span::call_site());
+        let doc =
+            format!("Column `{column}` of `{table}`: {meaning} (immu adds it to every versioned table).");
+        (ident, column, doc)
+    });
+    let constants = own.chain(reserved).map(|(name, column, doc)| {
+        quote! {
+            #[doc = #doc]
+            #vis const #name: #krate::Column<Self> = #krate::Column::new(#table, #column);
+        }
+    });
+    quote! {
+        #[automatically_derived]
+        impl #impl_generics #ident #ty_generics #where_clause {
+            #(#constants)*
+        }
+    }
+}
+
+/// What each of [`RESERVED_COLUMNS`] holds, for the doc of its constant.
+const RESERVED_MEANINGS: [&str; 5] = [
+    "the id of one version row",
+    "the id of the entity, the same in all its versions",
+    "the version number: 1, 2, 3, ... without gaps",
+    "when the version became current",
+    "set only on a tombstone, the version a delete appends",
+];
 
 /// The column index of the `i`th own column: `first`, `first + 1`, ...
 fn index(i: usize) -> TokenStream {

@@ -1,11 +1,17 @@
 //! The stub impl emitted next to the errors of an invalid input (as thiserror does): the type
-//! still implements `Immutable`, so the code that uses it (`Account::insert(...)`, ...) raises no
-//! further errors and the user sees only the derive's own.
+//! still implements `Immutable` and has its column constants, so the code that uses it
+//! (`Account::insert(...)`, `Account::OWNER`, ...) raises no further errors and the user sees
+//! only the derive's own.
+
+use std::collections::HashSet;
 
 use proc_macro2::TokenStream;
 use quote::quote;
+use syn::ext::IdentExt;
 
 use crate::ast::Entity;
+use crate::expand::column_constants;
+use crate::names::{constant_ident, constant_name, reserved_constant};
 
 /// An `impl Immutable` whose items are never run (the crate does not compile).
 pub(crate) fn expand(entity: &Entity<'_>) -> TokenStream {
@@ -29,10 +35,17 @@ pub(crate) fn expand(entity: &Entity<'_>) -> TokenStream {
         }
     };
 
+    let constants =
+        if entity.is_named_struct() { stub_constants(entity, &krate) } else { TokenStream::new() };
+
     quote! {
+        #constants
+
         const _: () = {
             #[automatically_derived]
             impl #impl_generics #krate::Immutable for #ident #ty_generics #where_clause {
+                const __TABLE_NAME: &'static str = "";
+
                 const TABLE: #krate::TableDef = #krate::TableDef {
                     name: "",
                     rust_name: #rust_name,
@@ -59,4 +72,22 @@ pub(crate) fn expand(entity: &Entity<'_>) -> TokenStream {
             }
         };
     }
+}
+
+/// The column constants of an invalid struct: one per field whose constant the derive could
+/// generate (a field whose constant is taken, or not an identifier, is left out: the error about
+/// it is enough), and the reserved columns'.
+fn stub_constants(entity: &Entity<'_>, krate: &syn::Path) -> TokenStream {
+    let read = entity.fields.iter().map(|f| (f.member, f.constant.clone(), &f.column.value, &f.field_name));
+    let unread: Vec<_> = entity.unread.iter().map(|&member| (member, member.unraw().to_string())).collect();
+    let unread = unread.iter().map(|(member, name)| (*member, constant_name(name), name, name));
+    let mut seen = HashSet::new();
+    let constants = read
+        .chain(unread)
+        .filter(|(_, constant, ..)| reserved_constant(constant).is_none() && seen.insert(constant.clone()))
+        .filter_map(|(member, constant, column, field)| {
+            Some((constant_ident(&constant, member.span())?, column.as_str(), field.as_str()))
+        })
+        .collect();
+    column_constants(entity, krate, constants)
 }

@@ -1,5 +1,8 @@
 //! Rules for the SQL names the derive produces: the same rules as
-//! `immu_core::schema::validate_table`, applied at compile time.
+//! `immu_core::schema::validate_table`, applied at compile time, and the names of the column
+//! constants.
+
+use proc_macro2::{Ident, Span};
 
 /// The columns immu adds to every versioned table (`immu_core::RESERVED_COLUMNS`).
 pub(crate) const RESERVED_COLUMNS: [&str; 5] = ["id", "entity_id", "version", "valid_from", "deleted_at"];
@@ -107,6 +110,25 @@ pub(crate) fn snake_case(name: &str) -> String {
     out
 }
 
+/// The name of a field's column constant: the field name (without `r#`) in SCREAMING_SNAKE_CASE
+/// (`balance` -> `BALANCE`, `r#type` -> `TYPE`, `createdAt` -> `CREATED_AT`).
+pub(crate) fn constant_name(field: &str) -> String {
+    snake_case(field).to_uppercase()
+}
+
+/// The reserved column whose constant (`Account::ENTITY_ID`, ...) is named `constant`.
+pub(crate) fn reserved_constant(constant: &str) -> Option<&'static str> {
+    RESERVED_COLUMNS.iter().copied().find(|r| constant_name(r) == constant)
+}
+
+/// `name` as an identifier spanned on `span`, or `None` if it is not one (an uppercased
+/// non-ASCII field name could in theory stop being one).
+pub(crate) fn constant_ident(name: &str, span: Span) -> Option<Ident> {
+    let mut ident = syn::parse_str::<Ident>(name).ok()?;
+    ident.set_span(span);
+    Some(ident)
+}
+
 /// Formats a name for an error message: quoted, with control characters escaped.
 pub(crate) fn show(name: &str) -> String {
     format!("{name:?}")
@@ -131,6 +153,28 @@ mod tests {
         ] {
             assert_eq!(snake_case(input), expected, "{input}");
         }
+    }
+
+    #[test]
+    fn constant_names_are_screaming_snake_case() {
+        for (field, expected) in [
+            ("balance", "BALANCE"),
+            ("created_at", "CREATED_AT"),
+            ("createdAt", "CREATED_AT"),
+            ("type", "TYPE"),
+            ("x1", "X1"),
+            ("_private", "_PRIVATE"),
+            ("größe", "GRÖSSE"),
+        ] {
+            assert_eq!(constant_name(field), expected, "{field}");
+        }
+        assert_eq!(constant_name("a_b"), constant_name("aB"));
+        for name in RESERVED_COLUMNS {
+            assert_eq!(reserved_constant(&name.to_uppercase()), Some(name));
+        }
+        assert_eq!(reserved_constant("VERSIONS"), None);
+        assert!(constant_ident("GRÖSSE", Span::call_site()).is_some());
+        assert!(constant_ident("A B", Span::call_site()).is_none());
     }
 
     #[test]

@@ -68,7 +68,8 @@ fn table_def_lists_every_column() {
         &out,
         r#":: immu_core :: ColumnDef { name : "owner" , field : "owner" ,
             sql_type : < String as :: immu_core :: ColumnType > :: SQL_TYPE ,
-            nullable : < String as :: immu_core :: ColumnType > :: NULLABLE , json : false , }"#,
+            nullable : < String as :: immu_core :: ColumnType > :: NULLABLE , json : false ,
+            references : :: core :: option :: Option :: None , }"#,
     );
     assert_contains(&out, r#"name : "bal" , field : "balance" , sql_type : < i64 as"#);
     assert_contains(
@@ -260,10 +261,7 @@ fn reserved_columns_are_refused() {
     for name in crate::names::RESERVED_COLUMNS {
         assert_eq!(
             error(&format!("struct A {{ {name}: i64 }}")),
-            format!(
-                "column `{name}` is reserved by immu (every versioned table has it); \
-                 rename the field or use #[immu(rename = \"...\")]"
-            )
+            format!("column `{name}` is reserved by immu (every versioned table has it); rename the field")
         );
         assert_eq!(
             error(&format!(r#"struct A {{ #[immu(rename = "{name}")] x: i64 }}"#)),
@@ -277,8 +275,14 @@ fn reserved_columns_are_refused() {
     assert!(
         message.starts_with("column `Version` differs from immu's reserved column `version` only in case")
     );
-    // Renaming a field called `version` away is the fix.
-    assert_eq!(errors(r#"struct A { #[immu(rename = "doc_version")] version: i64 }"#).len(), 0);
+    // Renaming only the column of a field called `version` does not do: its constant would be
+    // `VERSION`, the reserved column's.
+    assert_eq!(
+        error(r#"struct A { #[immu(rename = "doc_version")] version: i64 }"#),
+        "field `version` would generate the constant `VERSION`, which immu generates for its reserved \
+         column `version`; rename the field"
+    );
+    assert_eq!(errors(r#"struct A { doc_version: i64 }"#).len(), 0);
 }
 
 #[test]
@@ -388,4 +392,231 @@ fn stub_impl_keeps_the_crate_path_when_other_struct_keys_are_wrong() {
     let out = expand(r#"#[immu(tabel = "x", crate = "my::immu", sql(a, b))] struct A { x: i64 }"#);
     assert_contains(&out, "Did you mean `table`?");
     assert_contains(&out, "impl my :: immu :: Immutable for A");
+}
+
+#[test]
+fn column_constants_are_generated_outside_the_const_block() {
+    let out = expand(ACCOUNT);
+    // First the inherent impl, then the `const _` block with the trait impl.
+    let impl_at = out.find("impl Account {").expect("inherent impl");
+    assert!(impl_at < out.find("const _ : () =").unwrap(), "{out}");
+    assert_contains(
+        &out,
+        r#"# [automatically_derived] impl Account {
+            # [doc = "Column `owner` of `accounts` (field `owner`)."]
+            const OWNER : :: immu_core :: Column < Self > = :: immu_core :: Column :: new ("accounts" , "owner") ;
+            # [doc = "Column `bal` of `accounts` (field `balance`)."]
+            const BALANCE : :: immu_core :: Column < Self > = :: immu_core :: Column :: new ("accounts" , "bal") ;"#,
+    );
+    assert_contains(
+        &out,
+        r#"const TYPE : :: immu_core :: Column < Self > = :: immu_core :: Column :: new ("accounts" , "type") ;"#,
+    );
+    for (constant, column) in [
+        ("ID", "id"),
+        ("ENTITY_ID", "entity_id"),
+        ("VERSION", "version"),
+        ("VALID_FROM", "valid_from"),
+        ("DELETED_AT", "deleted_at"),
+    ] {
+        assert_contains(
+            &out,
+            &format!(
+                r#"const {constant} : :: immu_core :: Column < Self > = :: immu_core :: Column :: new ("accounts" , "{column}") ;"#
+            ),
+        );
+    }
+    assert_contains(
+        &out,
+        r#"# [doc = "Column `entity_id` of `accounts`: the id of the entity, the same in all its versions"#,
+    );
+}
+
+#[test]
+fn column_constants_have_the_struct_visibility() {
+    let out = expand("pub struct A { x: i64 }");
+    assert_contains(&out, "pub const X : :: immu_core :: Column < Self >");
+    assert_contains(&out, "pub const ENTITY_ID : :: immu_core :: Column < Self >");
+    let out = expand("pub(crate) struct A { x: i64 }");
+    assert_contains(&out, "pub (crate) const X :");
+    assert_contains(&out, "pub (crate) const VERSION :");
+    let out = expand("pub(in crate::m) struct A { x: i64 }");
+    assert_contains(&out, "pub (in crate :: m) const X :");
+    let out = expand("struct A { x: i64 }");
+    assert_contains(&out, "] const X :");
+    assert!(!out.contains("pub"), "{out}");
+}
+
+#[test]
+fn column_constants_use_the_crate_path_and_screaming_names() {
+    let out = expand(
+        r#"#[immu(crate = "my::immu")] #[allow(non_snake_case)] struct A { createdAt: i64, r#match: i64, _x: i64 }"#,
+    );
+    assert_contains(
+        &out,
+        r#"const CREATED_AT : my :: immu :: Column < Self > = my :: immu :: Column :: new ("a" , "createdAt") ;"#,
+    );
+    assert_contains(&out, r#"const MATCH : my :: immu :: Column < Self >"#);
+    assert_contains(&out, r#"const _X : my :: immu :: Column < Self >"#);
+    assert!(!out.contains("immu_core"), "{out}");
+}
+
+#[test]
+fn colliding_constants_are_refused() {
+    assert_eq!(
+        error("#[allow(non_snake_case)] struct A { a_b: i64, aB: i64 }"),
+        "field `a_b` and field `aB` both generate the constant `A_B`; rename one"
+    );
+    for (field, constant, reserved) in
+        [("entityId", "ENTITY_ID", "entity_id"), ("ValidFrom", "VALID_FROM", "valid_from")]
+    {
+        assert_eq!(
+            error(&format!(r#"struct A {{ #[immu(rename = "x")] {field}: i64 }}"#)),
+            format!(
+                "field `{field}` would generate the constant `{constant}`, which immu generates for its \
+                 reserved column `{reserved}`; rename the field"
+            )
+        );
+    }
+    // A field named like a reserved column gets one error, about the column.
+    assert_eq!(errors("struct A { version: i64 }").len(), 1);
+    assert_eq!(errors("struct A { Version: i64 }").len(), 1);
+}
+
+#[test]
+fn stub_impl_keeps_the_constants_it_can() {
+    let out = expand(
+        r#"
+        #[allow(non_snake_case)]
+        pub struct A<T> {
+            #[immu(rename = "bad name")] x: i64,
+            #[immu(jsn)] unread: T,
+            a_b: i64,
+            aB: i64,
+            #[immu(rename = "v")] version: i64,
+        }
+        "#,
+    );
+    assert_contains(&out, "compile_error !");
+    assert_contains(&out, "impl < T > A < T > {");
+    assert_contains(
+        &out,
+        r#"pub const X : :: immu_core :: Column < Self > = :: immu_core :: Column :: new ("a" , "bad name") ;"#,
+    );
+    assert_contains(
+        &out,
+        r#"pub const UNREAD : :: immu_core :: Column < Self > = :: immu_core :: Column :: new ("a" , "unread") ;"#,
+    );
+    // One `A_B`, and the reserved `VERSION` only.
+    assert_eq!(out.matches("const A_B :").count(), 1, "{out}");
+    assert_contains(
+        &out,
+        r#"pub const VERSION : :: immu_core :: Column < Self > = :: immu_core :: Column :: new ("a" , "version") ;"#,
+    );
+    assert_eq!(out.matches("const VERSION :").count(), 1, "{out}");
+
+    // Not for an enum, whose variants could clash with them.
+    let out = expand("enum E { ID }");
+    assert!(!out.contains("Column"), "{out}");
+}
+
+const ORDER: &str = r#"
+    #[immu(table = "orders")]
+    struct Order {
+        #[immu(references = Customer)] customer: Uuid,
+        #[immu(references = crate::crm::Supplier, sql_type = "uuid")] supplier: Option<MyId>,
+        total: i64,
+    }
+"#;
+
+#[test]
+fn references_name_the_referenced_table() {
+    assert_eq!(errors(ORDER), Vec::<String>::new());
+    let out = expand(ORDER);
+    assert_contains(
+        &out,
+        r#"name : "customer" , field : "customer" , sql_type : < Uuid as :: immu_core :: ColumnType > :: SQL_TYPE ,
+           nullable : < Uuid as :: immu_core :: ColumnType > :: NULLABLE , json : false ,
+           references : :: core :: option :: Option :: Some (< Customer as :: immu_core :: Immutable > :: TABLE . name) ,"#,
+    );
+    assert_contains(
+        &out,
+        r#"references : :: core :: option :: Option :: Some (< crate :: crm :: Supplier as :: immu_core :: Immutable > :: TABLE . name) ,"#,
+    );
+    assert_contains(&out, r#"name : "total" , field : "total" , sql_type : < i64 as"#);
+    assert_contains(&out, r#"json : false , references : :: core :: option :: Option :: None , }"#);
+}
+
+#[test]
+fn references_check_that_the_column_is_a_uuid() {
+    let out = expand(ORDER);
+    assert_contains(
+        &out,
+        r#"const _ : () = :: core :: assert ! (:: core :: matches ! (< Uuid as :: immu_core :: ColumnType > :: SQL_TYPE . as_bytes () , b"uuid") , "field `customer` has #[immu(references = ...)]"#,
+    );
+    // Only where the type gives the column type: `sql_type` names it, and other fields have none.
+    assert_eq!(out.matches(":: core :: assert !").count(), 1, "{out}");
+}
+
+#[test]
+fn references_to_the_entity_itself_name_its_table() {
+    let out = expand(
+        r#"
+        #[immu(table = "categories")]
+        struct Category {
+            #[immu(references = Self)] parent: Option<Uuid>,
+            #[immu(references = Category)] previous: Option<Uuid>,
+            #[immu(references = crate::tree::Category)] merged_into: Option<Uuid>,
+        }
+        "#,
+    );
+    assert_contains(&out, r#"field : "parent" , sql_type : < Option < Uuid > as"#);
+    assert_eq!(
+        out.matches(r#"references : :: core :: option :: Option :: Some ("categories") ,"#).count(),
+        2,
+        "{out}"
+    );
+    // A longer path could be another type of the same name: checked.
+    assert_contains(
+        &out,
+        r#"references : :: core :: option :: Option :: Some ({
+               let _ : :: core :: marker :: PhantomData < Self > = :: core :: marker :: PhantomData :: < crate :: tree :: Category > ;
+               "categories"
+           }) ,"#,
+    );
+    assert!(!out.contains("Immutable > :: TABLE . name"), "{out}");
+}
+
+#[test]
+fn references_cannot_be_json() {
+    assert_eq!(
+        error("struct A { #[immu(json, references = Customer)] x: Uuid }"),
+        "`references` cannot be combined with `json`: the column holds the referenced entity's `entity_id`, a uuid"
+    );
+}
+
+#[test]
+fn references_values_of_the_wrong_kind_say_what_to_write() {
+    assert_eq!(
+        error(r#"struct A { #[immu(references = "customers")] x: Uuid }"#),
+        "`references` takes the type of the referenced entity, not a table name: write `references = Customer`, \
+         where `Customer` is the struct that derives Immutable for table \"customers\""
+    );
+    assert_eq!(
+        error(r#"struct A { #[immu(references = "crm::Customer")] x: Uuid }"#),
+        "`references` takes a type, not a string: write `references = crm::Customer` without quotes"
+    );
+    let expected =
+        "expected the referenced entity's type: `references = Customer`, where `Customer` derives Immutable";
+    assert_eq!(error("struct A { #[immu(references)] x: Uuid }"), expected);
+    assert_eq!(error("struct A { #[immu(references(Customer))] x: Uuid }"), expected);
+    assert_eq!(error("struct A { #[immu(references = 1 + 2)] x: Uuid }"), expected);
+    assert_eq!(
+        error("struct A { #[immu(refrences = Customer)] x: Uuid }"),
+        "Unknown field: `refrences`. Did you mean `references`?"
+    );
+    assert!(
+        error("struct A { #[immu(references = A, references = B)] x: Uuid }")
+            .contains("Duplicate field `references`")
+    );
 }

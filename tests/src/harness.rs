@@ -178,3 +178,92 @@ impl Context {
         Ok(())
     }
 }
+
+/// A connection that counts the statements run through it: proves that a batch form is one
+/// query, not one per entity.
+///
+/// ```ignore
+/// let mut counted = Counted::new(&db).await?;
+/// Account::query().ids(ids).fetch_all(counted.exec()).await?;
+/// assert_eq!(counted.queries(), 1);
+/// ```
+pub struct Counted {
+    conn: PgConnection,
+    queries: AtomicUsize,
+}
+
+impl Counted {
+    /// A new connection to the test's database, with the count at zero.
+    pub async fn new(db: &Db) -> sqlx::Result<Counted> {
+        Ok(Counted { conn: db.connect().await?, queries: AtomicUsize::new(0) })
+    }
+
+    /// An executor for one call; every statement it runs is counted.
+    pub fn exec(&mut self) -> CountingExecutor<'_> {
+        CountingExecutor { conn: &mut self.conn, queries: &self.queries }
+    }
+
+    /// Statements run so far.
+    pub fn queries(&self) -> usize {
+        self.queries.load(Ordering::SeqCst)
+    }
+}
+
+/// The executor of [`Counted::exec`].
+#[derive(Debug)]
+pub struct CountingExecutor<'c> {
+    conn: &'c mut PgConnection,
+    queries: &'c AtomicUsize,
+}
+
+impl<'c> sqlx::Executor<'c> for CountingExecutor<'c> {
+    type Database = sqlx::Postgres;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> futures_util::stream::BoxStream<
+        'e,
+        Result<sqlx::Either<sqlx::postgres::PgQueryResult, sqlx::postgres::PgRow>, sqlx::Error>,
+    >
+    where
+        'c: 'e,
+        E: 'q + sqlx::Execute<'q, sqlx::Postgres>,
+    {
+        self.queries.fetch_add(1, Ordering::SeqCst);
+        self.conn.fetch_many(query)
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> futures_util::future::BoxFuture<'e, Result<Option<sqlx::postgres::PgRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + sqlx::Execute<'q, sqlx::Postgres>,
+    {
+        self.queries.fetch_add(1, Ordering::SeqCst);
+        self.conn.fetch_optional(query)
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: sqlx::SqlStr,
+        parameters: &'e [sqlx::postgres::PgTypeInfo],
+    ) -> futures_util::future::BoxFuture<'e, Result<sqlx::postgres::PgStatement, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        self.conn.prepare_with(sql, parameters)
+    }
+
+    fn describe<'e>(
+        self,
+        sql: sqlx::SqlStr,
+    ) -> futures_util::future::BoxFuture<'e, Result<sqlx::Describe<sqlx::Postgres>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        self.conn.describe(sql)
+    }
+}

@@ -70,3 +70,26 @@ pub struct NeverMigrated {
     /// Some data.
     pub name: String,
 }
+
+/// A customer: referenced by [`Invoice`].
+#[derive(Debug, Clone, PartialEq, Eq, Immutable, Serialize, Deserialize)]
+#[immu(table = "customers")]
+pub struct Customer {
+    /// Name.
+    pub name: String,
+    /// `gold`, `silver`, ...
+    pub tier: String,
+}
+
+/// An invoice of a [`Customer`]: a reference by entity id, with a foreign key.
+#[derive(Debug, Clone, PartialEq, Eq, Immutable, Serialize, Deserialize)]
+#[immu(table = "invoices")]
+pub struct Invoice {
+    /// The customer's `entity_id`.
+    #[immu(references = Customer)]
+    pub customer_id: uuid::Uuid,
+    /// Total in cents.
+    pub total: i64,
+    /// `open` or `paid`.
+    pub status: String,
+}

@@ -5,8 +5,10 @@
 //!
 //! Run: `cargo test --workspace` (all tests) or `cargo test --test db -- <filter>`.
 
+mod associations;
 mod concurrency;
 mod demo;
+mod queries;
 mod raw_sql;
 mod reads;
 mod schema;
@@ -21,6 +23,8 @@ fn main() -> std::process::ExitCode {
             schema::tests(),
             concurrency::tests(),
             demo::tests(),
+            queries::tests(),
+            associations::tests(),
         ]
         .into_iter()
         .flatten()

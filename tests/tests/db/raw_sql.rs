@@ -161,9 +161,9 @@ async fn tombstone_must_be_stamped_at_its_valid_from(db: Db) -> TestResult {
 
 async fn missing_table_is_a_typed_error(db: Db) -> TestResult {
     let err = NeverMigrated::insert(&db.pool, NeverMigrated { name: "x".into() }).await.unwrap_err();
-    assert!(matches!(&err, Error::MissingTable { table } if table == "never_migrated"), "{err:?}");
+    assert!(matches!(&err, Error::MissingTable { table } if table.starts_with("never_migrated")), "{err:?}");
     assert!(err.to_string().contains("create_table"), "{err}");
     let err = NeverMigrated::find(&db.pool, Uuid::now_v7()).await.unwrap_err();
-    assert!(matches!(&err, Error::MissingTable { .. }), "{err:?}");
+    assert!(matches!(&err, Error::MissingTable { table } if table == "never_migrated"), "{err:?}");
     Ok(())
 }

@@ -3,7 +3,7 @@
 use immu_core::schema::{create_table, create_table_for, validate_identifier};
 use immu_core::{ColumnDef, Error, TableDef};
 use immu_tests::harness::{Db, TestResult};
-use immu_tests::models::{Account, Order};
+use immu_tests::models::{Account, Customer, Invoice, Order};
 
 immu_tests::tests![
     migrations_match_the_generated_ddl,
@@ -12,23 +12,32 @@ immu_tests::tests![
     immu_migrations_are_tracked_apart_and_rerunnable,
 ];
 
-/// The migration file (under `dir`) whose name ends with `_<suffix>.sql`.
-fn migration(dir: &str, suffix: &str) -> String {
+/// Checks that the migration file under `dir` whose name ends with `_<suffix>.sql` holds exactly
+/// `ddl`. With `IMMU_BLESS=1` in the environment, writes `ddl` into it instead.
+fn assert_migration(dir: &str, suffix: &str, ddl: String) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
-    let entry = std::fs::read_dir(&dir)
+    let path = std::fs::read_dir(&dir)
         .expect("migrations dir")
         .map(|e| e.expect("dir entry").path())
         .find(|p| {
             p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(&format!("_{suffix}.sql")))
         })
         .unwrap_or_else(|| panic!("no migration *_{suffix}.sql in {}", dir.display()));
-    std::fs::read_to_string(entry).expect("migration file")
+    if std::env::var_os("IMMU_BLESS").is_some() {
+        std::fs::write(&path, &ddl).expect("write migration");
+    }
+    let file = std::fs::read_to_string(&path).expect("migration file");
+    assert_eq!(file, ddl, "{} differs from the generated DDL (IMMU_BLESS=1 rewrites it)", path.display());
 }
 
 async fn migrations_match_the_generated_ddl(_db: Db) -> TestResult {
-    assert_eq!(migration("migrations", "accounts"), create_table::<Account>()?);
-    assert_eq!(migration("migrations", "order"), create_table::<Order>()?);
-    assert_eq!(migration("../demo/migrations", "accounts"), create_table::<immu_demo::Account>()?);
+    assert_migration("migrations", "accounts", create_table::<Account>()?);
+    assert_migration("migrations", "order", create_table::<Order>()?);
+    assert_migration("migrations", "customers", create_table::<Customer>()?);
+    assert_migration("migrations", "invoices", create_table::<Invoice>()?);
+    assert_migration("../demo/migrations", "customers", create_table::<immu_demo::Customer>()?);
+    assert_migration("../demo/migrations", "accounts", create_table::<immu_demo::Account>()?);
+    assert_migration("../demo/migrations", "transfers", create_table::<immu_demo::Transfer>()?);
     Ok(())
 }
 
@@ -38,13 +47,21 @@ async fn generated_ddl_creates_a_working_table(db: Db) -> TestResult {
         name: "gadgets",
         rust_name: "Gadget",
         columns: &[
-            ColumnDef { name: "name", field: "name", sql_type: "text", nullable: false, json: false },
+            ColumnDef {
+                name: "name",
+                field: "name",
+                sql_type: "text",
+                nullable: false,
+                json: false,
+                references: None,
+            },
             ColumnDef {
                 name: "weight",
                 field: "weight",
                 sql_type: "double precision",
                 nullable: true,
                 json: false,
+                references: None,
             },
         ],
     };
@@ -81,7 +98,7 @@ async fn invalid_identifiers_are_refused_at_runtime(_db: Db) -> TestResult {
         assert!(matches!(&err, Error::InvalidIdentifier { name, .. } if name == bad), "{bad:?}: {err:?}");
     }
     const fn column(name: &'static str) -> ColumnDef {
-        ColumnDef { name, field: "f", sql_type: "text", nullable: false, json: false }
+        ColumnDef { name, field: "f", sql_type: "text", nullable: false, json: false, references: None }
     }
     const LONG: &str = "t_23456789_123456789_123456789_123456789_12345678"; // 49 bytes
     const RESERVED: &[ColumnDef] = &[column("version")];

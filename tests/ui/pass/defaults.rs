@@ -15,7 +15,7 @@ pub struct LedgerEntry {
 struct Marker {}
 
 const fn col(name: &'static str, field: &'static str, sql_type: &'static str) -> ColumnDef {
-    ColumnDef { name, field, sql_type, nullable: false, json: false }
+    ColumnDef { name, field, sql_type, nullable: false, json: false, references: None }
 }
 
 const EXPECTED: TableDef = TableDef {
