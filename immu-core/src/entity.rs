@@ -264,6 +264,21 @@ pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
     ///
     /// For many entities at one instant (or current), use
     /// [`query().ids(..)`](Query::ids) (with [`as_of`](Query::as_of)).
+    ///
+    /// ```no_run
+    /// # use immu_core::Immutable;
+    /// # #[derive(Immutable)] #[immu(table = "customers")] struct Customer { name: String }
+    /// # #[derive(Immutable)] #[immu(table = "orders")] struct Order { #[immu(references = Customer)] customer_id: uuid::Uuid }
+    /// # async fn demo(pool: sqlx::PgPool) -> immu_core::Result<()> {
+    /// let orders = Order::query().fetch_all(&pool).await?;
+    /// // Each order's customer as it was when that order version was written: one query.
+    /// let customers = Customer::find_each_as_of(&pool, orders.iter().map(|o| (o.customer_id, o.valid_from))).await?;
+    /// for (order, customer) in orders.iter().zip(&customers) {
+    ///     let name = customer.as_ref().map_or("(unknown)", |c| c.name.as_str());
+    ///     println!("order {} by {name}", order.entity_id);
+    /// }
+    /// # Ok(()) }
+    /// ```
     fn find_each_as_of<'c, E, I>(
         db: E,
         refs: I,

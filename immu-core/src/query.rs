@@ -43,8 +43,8 @@ pub enum Resolution {
 ///
 /// | call | versions | SQL, per row of the table |
 /// |------|----------|----------------------------|
-/// | `T::query()` | current, tombstoned entities hidden | `version = (highest version of its entity) AND deleted_at IS NULL` |
-/// | `.as_of(t)` | current at `t`, deleted-at-`t` hidden | `valid_from <= t AND version = (highest version of its entity with valid_from <= t) AND deleted_at IS NULL` |
+/// | `T::query()` | current, tombstoned entities hidden | `version = (SELECT MAX(version) of its entity) AND deleted_at IS NULL` |
+/// | `.as_of(t)` | current at `t`, deleted-at-`t` hidden | `valid_from <= t AND version = (its entity's latest version with valid_from <= t) AND deleted_at IS NULL` |
 /// | `.with_deleted()` | the same, tombstones included (`is_deleted()`) | drops `deleted_at IS NULL` |
 /// | `.all_versions()` | every version (history), tombstones included | none; `.changed_between(a, b)` bounds `valid_from` |
 ///
@@ -61,8 +61,8 @@ pub enum Resolution {
 /// assert_eq!(current, concat!(
 ///     r#"SELECT "accounts"."id", "accounts"."entity_id", "accounts"."version", "accounts"."valid_from", "accounts"."deleted_at", "accounts"."owner", "accounts"."balance" "#,
 ///     r#"FROM "accounts" "#,
-///     r#"WHERE "accounts"."version" = (SELECT "immu_v"."version" FROM "accounts" AS "immu_v" WHERE "immu_v"."entity_id" = "accounts"."entity_id" ORDER BY "immu_v"."version" DESC LIMIT $1) "#,
-///     r#"AND "accounts"."deleted_at" IS NULL AND "accounts"."balance" > $2"#,
+///     r#"WHERE "accounts"."version" = (SELECT MAX("immu_v"."version") FROM "accounts" AS "immu_v" WHERE "immu_v"."entity_id" = "accounts"."entity_id") "#,
+///     r#"AND "accounts"."deleted_at" IS NULL AND "accounts"."balance" > $1"#,
 /// ));
 ///
 /// let t = chrono::Utc::now();
@@ -153,6 +153,15 @@ impl<T: Immutable> Query<T> {
     }
 
     /// Resolves each entity's version as of instant `at` (tombstoned-at-`at` entities hidden).
+    ///
+    /// ```no_run
+    /// # use immu_core::{Immutable, sea_query::{ExprTrait, Order}};
+    /// # #[derive(Immutable)] #[immu(table = "accounts")] struct Account { owner: String, balance: i64 }
+    /// # async fn demo(pool: sqlx::PgPool, quarter_end: chrono::DateTime<chrono::Utc>) -> immu_core::Result<()> {
+    /// // Accounts over 100 as they stood at the end of last quarter.
+    /// let then = Account::query().as_of(quarter_end).filter(Account::BALANCE.gt(100)).fetch_all(&pool).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn as_of(mut self, at: DateTime<Utc>) -> Self {
         self.resolution = Resolution::AsOf(at);
         self
@@ -165,6 +174,20 @@ impl<T: Immutable> Query<T> {
 
     /// Includes deleted entities: their tombstone is the resolved version
     /// ([`Versioned::is_deleted`]).
+    ///
+    /// ```no_run
+    /// # use immu_core::{Immutable, sea_query::{ExprTrait, Order}};
+    /// # #[derive(Immutable)] #[immu(table = "accounts")] struct Account { owner: String, balance: i64 }
+    /// # async fn demo(pool: sqlx::PgPool) -> immu_core::Result<()> {
+    /// let closed: Vec<_> = Account::query()
+    ///     .with_deleted()
+    ///     .fetch_all(&pool)
+    ///     .await?
+    ///     .into_iter()
+    ///     .filter(|a| a.is_deleted())
+    ///     .collect();
+    /// # Ok(()) }
+    /// ```
     pub fn with_deleted(mut self) -> Self {
         self.deleted = true;
         self
@@ -172,6 +195,15 @@ impl<T: Immutable> Query<T> {
 
     /// Reads every version of every entity (tombstones included), ordered by entity and version
     /// unless you order otherwise.
+    ///
+    /// ```no_run
+    /// # use immu_core::{Immutable, sea_query::{ExprTrait, Order}};
+    /// # #[derive(Immutable)] #[immu(table = "accounts")] struct Account { owner: String, balance: i64 }
+    /// # async fn demo(pool: sqlx::PgPool) -> immu_core::Result<()> {
+    /// // Every version that ever had a negative balance.
+    /// let overdrafts = Account::query().all_versions().filter(Account::BALANCE.lt(0)).fetch_all(&pool).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn all_versions(mut self) -> Self {
         self.resolution = Resolution::AllVersions;
         self
@@ -184,6 +216,16 @@ impl<T: Immutable> Query<T> {
 
     /// With [`all_versions`](Self::all_versions): only versions that became valid in
     /// `[from, until)`, i.e. the changes made in that period.
+    ///
+    /// ```no_run
+    /// # use immu_core::{Immutable, sea_query::{ExprTrait, Order}};
+    /// # #[derive(Immutable)] #[immu(table = "accounts")] struct Account { owner: String, balance: i64 }
+    /// # async fn demo(pool: sqlx::PgPool) -> immu_core::Result<()> {
+    /// // Every change to the table last week, in the order it was made.
+    /// let week_ago = chrono::Utc::now() - chrono::Duration::days(7);
+    /// let changes = Account::query().changed_between(week_ago, chrono::Utc::now()).order_by_time().fetch_all(&pool).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn changed_between(mut self, from: DateTime<Utc>, until: DateTime<Utc>) -> Self {
         self.resolution = Resolution::AllVersions;
         self.changed_from = Some(from);
@@ -201,6 +243,15 @@ impl<T: Immutable> Query<T> {
 
     /// Keeps only the given entities (one `= ANY($1)` parameter however many): the batch form
     /// for loading referenced entities without one query each.
+    ///
+    /// ```no_run
+    /// # use immu_core::{Immutable, sea_query::{ExprTrait, Order}};
+    /// # #[derive(Immutable)] #[immu(table = "accounts")] struct Account { owner: String, balance: i64 }
+    /// # async fn demo(pool: sqlx::PgPool, ids: Vec<uuid::Uuid>) -> immu_core::Result<()> {
+    /// // The current versions of these accounts, in one query; deleted or unknown ones are absent.
+    /// let found = Account::query().ids(ids).fetch_all(&pool).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn ids(self, ids: impl IntoIterator<Item = Uuid>) -> Self {
         let ids: Vec<Uuid> = ids.into_iter().collect();
         let column = Expr::col((T::TABLE.name, ENTITY_ID));
@@ -219,6 +270,15 @@ impl<T: Immutable> Query<T> {
     ///
     /// Fails with [`Error::UnknownColumn`] unless `name` is one of `T`'s columns or a reserved
     /// one: a name from outside never reaches the SQL.
+    ///
+    /// ```no_run
+    /// # use immu_core::{Immutable, sea_query::{ExprTrait, Order}};
+    /// # #[derive(Immutable)] #[immu(table = "accounts")] struct Account { owner: String, balance: i64 }
+    /// # async fn demo(pool: sqlx::PgPool, sort: &str) -> immu_core::Result<()> {
+    /// // `?sort=balance` from a request
+    /// let page = Account::query().order_by_name(sort, Order::Desc)?.limit(20).fetch_all(&pool).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn order_by_name(self, name: &str, order: Order) -> Result<Self> {
         let column = T::TABLE
             .column(name)

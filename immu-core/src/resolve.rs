@@ -1,13 +1,13 @@
 //! Version resolution: the SQL that picks which stored version of an entity a read sees.
 //!
 //! This module is the one place that knows how "current" and "as of an instant" are resolved.
-//! Both are written once, as the subquery [`latest`], and used in two ways:
+//! Each shape is written once here and used in two ways:
 //!
-//! * single-entity reads and the write path select the row itself
+//! * single-entity reads and the write path select the row itself with [`latest`]
 //!   (`WHERE "entity_id" = $1 ... LIMIT 1`);
-//! * lists keep, of every row, only the one whose `version` equals that subquery for its own
-//!   entity ([`resolved`]), and apply the user's filters to those rows: a filter can never
-//!   select an old version.
+//! * lists keep, of every row, only the one whose `version` equals the resolved version of its
+//!   own entity ([`resolved`]: `MAX(version)` for current, `latest` for as-of), and apply the
+//!   user's filters to those rows: a filter can never select an old version.
 //!
 //! ```sql
 //! -- current: the highest version, MAX(version), on the primary key (entity_id, version)
@@ -82,19 +82,39 @@ where
 /// each entity that `at` resolves to, tombstones included only if `deleted`:
 ///
 /// ```sql
-/// "accounts"."version" = (SELECT "immu_v"."version" FROM "accounts" AS "immu_v"
-///     WHERE "immu_v"."entity_id" = "accounts"."entity_id" ORDER BY "immu_v"."version" DESC LIMIT 1)
+/// -- current: MAX(version), which PostgreSQL answers with one backward probe of the primary key
+/// "accounts"."version" = (SELECT MAX("immu_v"."version") FROM "accounts" AS "immu_v"
+///     WHERE "immu_v"."entity_id" = "accounts"."entity_id")
+/// AND "accounts"."deleted_at" IS NULL
+/// -- as of T: the `latest` shape, one probe of the as-of index however long the history
+/// "accounts"."valid_from" <= $1 AND "accounts"."version" = (SELECT "immu_v"."version"
+///     FROM "accounts" AS "immu_v" WHERE "immu_v"."entity_id" = "accounts"."entity_id"
+///     AND "immu_v"."valid_from" <= $2 ORDER BY "immu_v"."valid_from" DESC, "immu_v"."version" DESC LIMIT 1)
 /// AND "accounts"."deleted_at" IS NULL
 /// ```
+///
+/// Measured on PostgreSQL 15 (100k entities x 10 versions, a filter matching 1%), the correlated
+/// MAX and LIMIT 1 forms of "current" run alike (120-160 ms, noisy) and both beat a join to
+/// `GROUP BY entity_id` (330-390 ms); for as-of, MAX(version) with `valid_from <= T` must read every
+/// earlier version of the entity, so the LIMIT 1 form is used.
 pub(crate) fn resolved(table: &TableDef, at: At, deleted: bool) -> Condition {
     let alias = inner_alias(table);
     let outer = |name: &'static str| Expr::col((table.name, name));
     let mut condition = Condition::all();
-    if let At::Instant(instant) = &at {
-        // Implied by the subquery; lets the planner discard later versions before probing.
-        condition = condition.add(outer(VALID_FROM).lte(instant.clone()));
-    }
-    let subquery = latest(table, Some(alias), [VERSION], outer(ENTITY_ID), at);
+    let subquery = match at {
+        At::Current => {
+            let mut max = Query::select();
+            max.expr(Expr::col((alias, VERSION)).max())
+                .from_as(table.name, alias.into_iden())
+                .and_where(Expr::col((alias, ENTITY_ID)).eq(outer(ENTITY_ID)));
+            max
+        }
+        At::Instant(instant) => {
+            // Implied by the subquery; lets the planner discard later versions before probing.
+            condition = condition.add(outer(VALID_FROM).lte(instant.clone()));
+            latest(table, Some(alias), [VERSION], outer(ENTITY_ID), At::Instant(instant))
+        }
+    };
     condition = condition.add(outer(VERSION).eq(Expr::SubQuery(None, Box::new(subquery.into()))));
     if !deleted {
         condition = condition.add(outer(DELETED_AT).is_null());

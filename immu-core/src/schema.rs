@@ -140,6 +140,8 @@ pub fn validate_table(table: &TableDef) -> Result<()> {
 ///
 /// let ddl = immu_core::schema::create_table::<Account>().unwrap();
 /// assert!(ddl.contains(r#"CONSTRAINT "accounts_pkey" PRIMARY KEY ("entity_id", "version")"#));
+/// # // The text below is this file, which the test suite also checks against the database.
+/// # assert_eq!(ddl, include_str!("../../tests/migrations/20261123000100_accounts.sql"));
 /// println!("{ddl}");
 /// ```
 ///
