@@ -2,9 +2,8 @@
 
 use proc_macro2::{Group, Ident, Literal, Span, TokenStream, TokenTree};
 use quote::{quote, quote_spanned};
-use syn::ext::IdentExt;
 use syn::spanned::Spanned;
-use syn::{DeriveInput, Type, TypePath};
+use syn::{DeriveInput, Type};
 
 use crate::ast::{Entity, Field, is_option};
 use crate::errors::Errors;
@@ -35,7 +34,7 @@ fn impl_immutable(entity: &Entity<'_>) -> TokenStream {
     let table = &entity.table.value;
     let rust_name = &entity.rust_name;
 
-    let columns = entity.fields.iter().map(|f| column_def(f, entity, &krate));
+    let columns = entity.fields.iter().map(|f| column_def(f, &krate));
     let uuid_checks = entity.fields.iter().filter_map(|f| references_uuid_check(f, &krate));
     let decode = entity.fields.iter().enumerate().map(|(i, f)| decode_field(i, f, &private));
     let encode = entity.fields.iter().map(|f| encode_field(f, &private));
@@ -96,7 +95,7 @@ fn impl_immutable(entity: &Entity<'_>) -> TokenStream {
 
 /// The `ColumnDef` of a field. Type-dependent parts carry the field type's span (see [`respan`]),
 /// so that a type without `ColumnType` is reported on the field.
-fn column_def(field: &Field<'_>, entity: &Entity<'_>, krate: &syn::Path) -> TokenStream {
+fn column_def(field: &Field<'_>, krate: &syn::Path) -> TokenStream {
     let ty = field.ty;
     let span = ty.span();
     let name = &field.column.value;
@@ -119,7 +118,7 @@ fn column_def(field: &Field<'_>, entity: &Entity<'_>, krate: &syn::Path) -> Toke
     };
     let references = match &field.references {
         Some(target) => {
-            let table = referenced_table(target, entity, krate);
+            let table = referenced_table(target, krate);
             quote!(::core::option::Option::Some(#table))
         }
         None => quote!(::core::option::Option::None),
@@ -136,59 +135,14 @@ fn column_def(field: &Field<'_>, entity: &Entity<'_>, krate: &syn::Path) -> Toke
     }
 }
 
-/// The table name of the entity `target` of `#[immu(references = target)]`, for `ColumnDef`.
-///
-/// `<Customer as Immutable>::TABLE.name`, spanned on the path, so that a type that is not an
-/// entity is reported there. A reference to the entity itself names its table directly: its
-/// `TABLE` cannot be read while it is being defined (rustc reports a cycle). That is `Self` or the
-/// struct's name; a longer path that ends in the struct's name (`crate::models::Category`) is
-/// taken as the entity itself too, with a check that it is.
-fn referenced_table(target: &Type, entity: &Entity<'_>, krate: &syn::Path) -> TokenStream {
+/// The table name of the entity `target` of `#[immu(references = target)]`, for `ColumnDef`:
+/// `<Customer as Immutable>::__TABLE_NAME`, spanned on the path so that a type that is not an
+/// entity is reported there. `__TABLE_NAME` does not depend on `TABLE`, so entities may reference
+/// themselves and each other without a cycle.
+fn referenced_table(target: &Type, krate: &syn::Path) -> TokenStream {
     let span = target.span();
-    let own_table = &entity.table.value;
-    match self_reference(target, &entity.input.ident) {
-        Some(true) => quote_spanned!(span=> #own_table),
-        Some(false) => {
-            // Spanned from the path's first token to its last, so that a mismatch (another type
-            // of the same name) underlines the whole path.
-            let tokens: Vec<TokenTree> = quote!(#target).into_iter().collect();
-            let first = tokens.first().map_or(span, TokenTree::span);
-            let last = tokens.last().map_or(span, TokenTree::span);
-            let phantom = respan(quote!(::core::marker::PhantomData::<), first);
-            let close = respan(quote!(>), last);
-            quote! {
-                {
-                    let _: ::core::marker::PhantomData<Self> = #phantom #target #close;
-                    #own_table
-                }
-            }
-        }
-        None => {
-            let krate = respan(quote!(#krate), span);
-            quote_spanned!(span=> <#target as #krate::Immutable>::__TABLE_NAME)
-        }
-    }
-}
-
-/// Whether `target` names the entity `ident` itself: `Some(true)` for `Self` and `Ident`,
-/// `Some(false)` for a longer path ending in `Ident` (maybe another type of the same name),
-/// `None` otherwise.
-fn self_reference(target: &Type, ident: &Ident) -> Option<bool> {
-    let Type::Path(TypePath { qself: None, path, .. }) = target else {
-        return None;
-    };
-    let last = path.segments.last()?;
-    if !last.arguments.is_none() {
-        return None;
-    }
-    let single = path.segments.len() == 1 && path.leading_colon.is_none();
-    if single && last.ident == "Self" {
-        Some(true)
-    } else if last.ident.unraw() == ident.unraw() {
-        Some(single)
-    } else {
-        None
-    }
+    let krate = respan(quote!(#krate), span);
+    quote_spanned!(span=> <#target as #krate::Immutable>::__TABLE_NAME)
 }
 
 /// For a `references` field whose type gives its column type (`ColumnType`), a compile-time check
