@@ -9,6 +9,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// The SQLSTATE raised by immu's append-only trigger (see `migrations/`).
 pub const APPEND_ONLY_SQLSTATE: &str = "IMMU1";
 
+/// The SQLSTATE raised by a versioned table's insert check (a row that would break the history).
+pub const INVALID_HISTORY_SQLSTATE: &str = "IMMU2";
+
 /// Everything that can go wrong in an immu call.
 ///
 /// Every failed call writes nothing: writes run in their own transaction (or a savepoint of
@@ -115,6 +118,47 @@ pub enum Error {
         detail: String,
     },
 
+    /// The entity's write lock could not be taken in time: the wait ran into `lock_timeout` or
+    /// `statement_timeout`. Nothing was written; another writer held the entity that long.
+    #[error(
+        "{table}: timed out waiting for the write lock of entity {entity_id} (lock_timeout or statement_timeout); nothing was written"
+    )]
+    LockTimeout {
+        /// Table of the entity.
+        table: &'static str,
+        /// The entity.
+        entity_id: Uuid,
+    },
+
+    /// A statement was canceled: `statement_timeout` expired, or someone called
+    /// `pg_cancel_backend`. Nothing of the failed call was written.
+    #[error("statement canceled: {message}")]
+    Canceled {
+        /// PostgreSQL's message.
+        message: String,
+    },
+
+    /// PostgreSQL refused a value (SQLSTATE class 22, data exception): a NUL byte in text, a
+    /// number or timestamp out of range, a string too long for its column, ...
+    #[error("invalid value: {message}")]
+    InvalidValue {
+        /// The SQLSTATE.
+        code: String,
+        /// PostgreSQL's message.
+        message: String,
+    },
+
+    /// The database refused a version row that would break the history: a skipped or repeated
+    /// version number, or a `valid_from` earlier than the previous version's. Only raw SQL that
+    /// bypasses immu can cause it.
+    #[error("{table}: {message}")]
+    InvalidHistory {
+        /// The versioned table.
+        table: String,
+        /// What is wrong, as the database's check reported it.
+        message: String,
+    },
+
     /// A column name given at runtime (for example to
     /// [`Query::order_by_name`](crate::Query::order_by_name)) that the entity does not have.
     #[error("{table} has no column {column:?}")]
@@ -144,7 +188,7 @@ impl Error {
     /// version conflicts, serialization failures and deadlocks.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::VersionConflict { .. } => true,
+            Error::VersionConflict { .. } | Error::LockTimeout { .. } | Error::Canceled { .. } => true,
             Error::Database(sqlx::Error::Database(e)) => {
                 matches!(e.code().as_deref(), Some("40001" | "40P01"))
             }
@@ -173,6 +217,14 @@ impl From<sqlx::Error> for Error {
                     let table = pg.and_then(|e| e.table()).unwrap_or_default().to_owned();
                     let operation = db.message().split_whitespace().next().unwrap_or_default().to_owned();
                     return Error::AppendOnly { table, operation };
+                }
+                Some(INVALID_HISTORY_SQLSTATE) => {
+                    let table = pg.and_then(|e| e.table()).unwrap_or_default().to_owned();
+                    return Error::InvalidHistory { table, message: db.message().to_owned() };
+                }
+                Some("57014") => return Error::Canceled { message: db.message().to_owned() },
+                Some(code) if code.starts_with("22") => {
+                    return Error::InvalidValue { code: code.to_owned(), message: db.message().to_owned() };
                 }
                 Some("23503") => {
                     return Error::UnknownReference {

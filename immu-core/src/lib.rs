@@ -95,7 +95,7 @@ mod write;
 
 pub use column::Column;
 pub use entity::{ColumnDef, Immutable, RESERVED_COLUMNS, TableDef};
-pub use error::{APPEND_ONLY_SQLSTATE, Error, OptionalExt, Result};
+pub use error::{APPEND_ONLY_SQLSTATE, Error, INVALID_HISTORY_SQLSTATE, OptionalExt, Result};
 pub use lock::lock_key;
 pub use query::{Join, Query, Resolution};
 pub use schema::ColumnType;

@@ -4,6 +4,8 @@
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::{Error, Result};
+
 /// The 64-bit key of the advisory lock that serializes writes to one entity of one table.
 ///
 /// It is FNV-1a (64 bit) over the table name's bytes, a zero byte, then the entity id's 16 bytes,
@@ -28,10 +30,19 @@ pub fn lock_key(table: &str, entity_id: Uuid) -> i64 {
 ///
 /// Must run inside a transaction: outside one, PostgreSQL releases an xact lock when the
 /// statement ends, and it would protect nothing.
-pub(crate) async fn lock_entity(conn: &mut PgConnection, table: &str, entity_id: Uuid) -> sqlx::Result<()> {
+///
+/// A wait cut short by `lock_timeout` or `statement_timeout` is [`Error::LockTimeout`].
+pub(crate) async fn lock_entity(conn: &mut PgConnection, table: &'static str, entity_id: Uuid) -> Result<()> {
     tracing::trace!(table, %entity_id, "taking entity lock");
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock_key(table, entity_id)).execute(conn).await?;
-    Ok(())
+    let locked =
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock_key(table, entity_id)).execute(conn).await;
+    match locked {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("55P03" | "57014")) => {
+            Err(Error::LockTimeout { table, entity_id })
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]

@@ -86,24 +86,14 @@ impl Sql {
             .order_by(VERSION, Order::Asc);
 
         let insert = {
-            // The entity's identity row (the target of foreign keys) and its first version, in one
-            // statement: a data-modifying CTE runs whether or not it is referenced.
-            let mut identity = Query::insert();
-            identity
-                .into_table(Alias::new(identity_table(table)))
-                .columns([ENTITY_ID])
-                .values_panic([param(2)]);
+            // The table's insert check registers the entity's identity row with version 1.
             let values =
                 [param(1), param(2), Expr::val(1i64), Expr::cust("clock_timestamp()"), Expr::cust("NULL")]
                     .into_iter()
                     .chain((0..table.columns.len()).map(|i| param(3 + i)));
             let mut insert = Query::insert();
             insert.into_table(table.name).columns(all()).values_panic(values).returning_col(VALID_FROM);
-            format!(
-                "WITH \"immu_identity\" AS ({}) {}",
-                identity.to_string(PostgresQueryBuilder),
-                insert.to_string(PostgresQueryBuilder)
-            )
+            insert.to_string(PostgresQueryBuilder)
         };
 
         let each_as_of = {
@@ -169,11 +159,6 @@ impl Sql {
 }
 
 /// The name of the identity table of `table`: one row per entity, the target of foreign keys.
-pub(crate) fn identity_table(table: &TableDef) -> String {
-    identity_table_name(table.name)
-}
-
-/// [`identity_table`] by table name.
 pub(crate) fn identity_table_name(table: &str) -> String {
     format!("{table}_entities")
 }

@@ -81,7 +81,7 @@ where
     E: From<Error>,
 {
     let mut tx = db.begin().await.map_err(Error::from)?;
-    lock_entity(&mut tx, T::TABLE.name, entity_id).await.map_err(Error::from)?;
+    lock_entity(&mut tx, T::TABLE.name, entity_id).await?;
     let row = sqlx::query(T::__sql().current.as_str())
         .bind(entity_id)
         .fetch_optional(&mut *tx)

@@ -13,7 +13,8 @@ immu_tests::tests![
     raw_truncate_is_refused,
     refusal_holds_under_replica_replication_role,
     refusal_holds_for_keyword_named_tables,
-    duplicate_version_insert_is_refused_by_the_key,
+    versions_inserted_by_hand_must_continue_the_history,
+    a_version_one_inserted_by_hand_registers_its_identity,
     infinite_or_non_positive_versions_and_times_are_refused,
     tombstone_must_be_stamped_at_its_valid_from,
     missing_table_is_a_typed_error,
@@ -106,20 +107,41 @@ async fn refusal_holds_for_keyword_named_tables(db: Db) -> TestResult {
     Ok(())
 }
 
-async fn duplicate_version_insert_is_refused_by_the_key(db: Db) -> TestResult {
+async fn versions_inserted_by_hand_must_continue_the_history(db: Db) -> TestResult {
     let v1 = Account::insert(&db.pool, Account::new("ada", 100)).await?;
-    let err = sqlx::query(
-        "INSERT INTO accounts (id, entity_id, version, valid_from, owner, balance) VALUES ($1, $2, 1, now(), 'x', 0)",
-    )
-    .bind(Uuid::now_v7())
-    .bind(v1.entity_id)
-    .execute(&db.pool)
-    .await
-    .unwrap_err();
-    let db_err = err.as_database_error().expect("a database error");
-    assert!(db_err.is_unique_violation(), "{err}");
-    assert_eq!(db_err.constraint(), Some("accounts_pkey"));
-    assert_eq!(Account::history(&db.pool, v1.entity_id).await?, vec![v1]);
+    let insert = |version: i64, valid_from: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            let sql = format!(
+                "INSERT INTO accounts (id, entity_id, version, valid_from, owner, balance) VALUES ($1, $2, $3, {valid_from}, 'x', 0)"
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(Uuid::now_v7())
+                .bind(v1.entity_id)
+                .bind(version)
+                .execute(&pool)
+                .await
+        }
+    };
+    // By hand, bypassing immu: a repeated, a skipped, a time-travelling version.
+    for (version, valid_from, reason) in [
+        (1, "clock_timestamp()", "would skip or repeat a version: its latest version is 1"),
+        (3, "clock_timestamp()", "would skip or repeat a version: its latest version is 1"),
+        (2, "now() - interval '1 day'", "is valid from"),
+    ] {
+        let err = Error::from(insert(version, valid_from).await.unwrap_err());
+        match &err {
+            Error::InvalidHistory { table, message } => {
+                assert_eq!(table, "accounts");
+                assert!(message.contains(reason), "{message}");
+            }
+            other => panic!("version {version}: expected InvalidHistory, got {other:?}"),
+        }
+    }
+    assert_eq!(Account::history(&db.pool, v1.entity_id).await?, vec![v1.clone()]);
+    // The next version, by hand, is accepted: the check is exact, not a blanket refusal.
+    insert(2, "clock_timestamp()").await?;
+    assert_eq!(Account::find(&db.pool, v1.entity_id).await?.version, 2);
     Ok(())
 }
 
@@ -127,23 +149,46 @@ async fn infinite_or_non_positive_versions_and_times_are_refused(db: Db) -> Test
     for (sql, constraint) in [
         (
             "INSERT INTO accounts (id, entity_id, version, valid_from, owner, balance) VALUES (gen_random_uuid(), gen_random_uuid(), 1, 'infinity', 'x', 0)",
-            "immu_valid_from_finite",
+            Some("immu_valid_from_finite"),
         ),
         (
             "INSERT INTO accounts (id, entity_id, version, valid_from, owner, balance) VALUES (gen_random_uuid(), gen_random_uuid(), 1, '-infinity', 'x', 0)",
-            "immu_valid_from_finite",
+            Some("immu_valid_from_finite"),
         ),
         (
             "INSERT INTO accounts (id, entity_id, version, valid_from, owner, balance) VALUES (gen_random_uuid(), gen_random_uuid(), 0, now(), 'x', 0)",
-            "immu_version_positive",
+            None, // the insert check: version 0 would not follow "no version"
         ),
     ] {
         let err = sqlx::raw_sql(sql).execute(&db.pool).await.unwrap_err();
         let db_err = err.as_database_error().expect("a database error");
-        assert_eq!(db_err.constraint(), Some(constraint), "{err}");
+        match constraint {
+            Some(constraint) => assert_eq!(db_err.constraint(), Some(constraint), "{err}"),
+            None => assert_eq!(db_err.code().as_deref(), Some(immu_core::INVALID_HISTORY_SQLSTATE), "{err}"),
+        }
     }
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts").fetch_one(&db.pool).await?;
     assert_eq!(total, 0);
+    let identities: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM accounts_entities").fetch_one(&db.pool).await?;
+    assert_eq!(identities, 0, "a refused version 1 registers no identity");
+    Ok(())
+}
+
+async fn a_version_one_inserted_by_hand_registers_its_identity(db: Db) -> TestResult {
+    let id = Uuid::now_v7();
+    sqlx::query("INSERT INTO accounts (id, entity_id, version, valid_from, owner, balance) VALUES ($1, $2, 1, clock_timestamp(), 'x', 0)")
+        .bind(Uuid::now_v7())
+        .bind(id)
+        .execute(&db.pool)
+        .await?;
+    let registered: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts_entities WHERE entity_id = $1)")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await?;
+    assert!(registered);
+    assert_eq!(Account::modify(&db.pool, id, |a| a.balance = 1).await?.version, 2);
     Ok(())
 }
 
