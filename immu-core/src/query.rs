@@ -380,7 +380,7 @@ impl<T: Immutable> Query<T> {
     fn at(&self, outer_valid_from: Option<Expr>) -> Option<At> {
         match self.resolution {
             Resolution::Current => Some(At::Current),
-            Resolution::AsOf(at) => Some(At::Instant(Expr::val(at))),
+            Resolution::AsOf(at) => Some(At::Instant(Expr::val(crate::sql::pg_instant(at)))),
             Resolution::AllVersions => outer_valid_from.map(At::Instant),
         }
     }
@@ -394,10 +394,10 @@ impl<T: Immutable> Query<T> {
             None => {
                 let valid_from = || Expr::col((table.name, VALID_FROM));
                 if let Some(from) = self.changed_from {
-                    select.and_where(valid_from().gte(from));
+                    select.and_where(valid_from().gte(crate::sql::pg_instant(from)));
                 }
                 if let Some(until) = self.changed_until {
-                    select.and_where(valid_from().lt(until));
+                    select.and_where(valid_from().lt(crate::sql::pg_instant(until)));
                 }
             }
         }

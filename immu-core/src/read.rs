@@ -25,7 +25,11 @@ where
     T: Immutable,
     E: Executor<'c, Database = Postgres>,
 {
-    let row = sqlx::query(T::__sql().as_of.as_str()).bind(entity_id).bind(at).fetch_optional(db).await?;
+    let row = sqlx::query(T::__sql().as_of.as_str())
+        .bind(entity_id)
+        .bind(crate::sql::pg_instant(at))
+        .fetch_optional(db)
+        .await?;
     live(row, entity_id)
 }
 
@@ -66,6 +70,7 @@ where
     E: Executor<'c, Database = Postgres> + 'c,
 {
     let mut found: Vec<Option<Versioned<T>>> = ids.iter().map(|_| None).collect();
+    let instants: Vec<DateTime<Utc>> = instants.into_iter().map(crate::sql::pg_instant).collect();
     let rows = sqlx::query(T::__sql().each_as_of.as_str()).bind(ids).bind(instants).fetch_all(db).await?;
     for row in rows {
         let ordinality: i64 = row.try_get(0)?;

@@ -24,6 +24,17 @@ const NEXT: &str = "next";
 /// The column of [`NEXT`] holding the timestamp.
 const TS: &str = "ts";
 
+/// `at`, moved into PostgreSQL's timestamp range: an instant before its earliest timestamp
+/// (4714-11-24 BC) reads like that earliest one, when no version can exist yet. (chrono's latest
+/// instant is within PostgreSQL's range.)
+pub(crate) fn pg_instant(at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    let earliest = chrono::NaiveDate::from_ymd_opt(-4713, 11, 24)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+    std::cmp::max(at, earliest)
+}
+
 /// A positional bind placeholder.
 pub(crate) fn param(n: usize) -> Expr {
     Expr::Keyword(Keyword::Custom(format!("${n}").into()))

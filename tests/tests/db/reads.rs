@@ -18,6 +18,7 @@ immu_tests::tests![
     reads_inside_a_transaction_see_its_writes,
     all_column_kinds_round_trip,
     versioned_serializes_flat,
+    as_of_the_extremes_of_time_is_not_an_error,
 ];
 
 const MICROSECOND: Duration = Duration::microseconds(1);
@@ -194,5 +195,28 @@ async fn versioned_serializes_flat(db: Db) -> TestResult {
     assert!(json["deleted_at"].is_null());
     let back: immu_core::Versioned<Account> = serde_json::from_value(json)?;
     assert_eq!(back, v1);
+    Ok(())
+}
+
+async fn as_of_the_extremes_of_time_is_not_an_error(db: Db) -> TestResult {
+    let v1 = Account::insert(&db.pool, Account::new("ada", 1)).await?;
+    // Before PostgreSQL's earliest timestamp: nothing existed yet.
+    let err = Account::find_as_of(&db.pool, v1.entity_id, DateTime::<Utc>::MIN_UTC).await.unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+    assert_eq!(Account::query().as_of(DateTime::<Utc>::MIN_UTC).count(&db.pool).await?, 0);
+    // chrono's latest instant is within PostgreSQL's range: the current version.
+    assert_eq!(Account::find_as_of(&db.pool, v1.entity_id, DateTime::<Utc>::MAX_UTC).await?, v1);
+    assert_eq!(Account::query().as_of(DateTime::<Utc>::MAX_UTC).count(&db.pool).await?, 1);
+    let found = Account::find_each_as_of(
+        &db.pool,
+        [(v1.entity_id, DateTime::<Utc>::MIN_UTC), (v1.entity_id, DateTime::<Utc>::MAX_UTC)],
+    )
+    .await?;
+    assert_eq!(found, vec![None, Some(v1.clone())]);
+    let all = Account::query()
+        .changed_between(DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC)
+        .count(&db.pool)
+        .await?;
+    assert_eq!(all, 1);
     Ok(())
 }
