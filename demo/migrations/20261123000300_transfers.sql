@@ -25,7 +25,7 @@ CREATE TABLE "transfers" (
     CONSTRAINT "transfers_pkey" PRIMARY KEY ("entity_id", "version"),
     CONSTRAINT "transfers_id_key" UNIQUE ("id"),
     CONSTRAINT "immu_version_positive" CHECK ("version" >= 1),
-    CONSTRAINT "immu_valid_from_finite" CHECK (isfinite("valid_from")),
+    CONSTRAINT "immu_valid_from_in_range" CHECK (isfinite("valid_from") AND "valid_from" < '262143-01-01 00:00:00+00'),
     CONSTRAINT "immu_tombstone_at_valid_from" CHECK ("deleted_at" IS NULL OR "deleted_at" = "valid_from"),
     CONSTRAINT "transfers_from_account_fkey" FOREIGN KEY ("from_account") REFERENCES "accounts_entities" ("entity_id"),
     CONSTRAINT "transfers_to_account_fkey" FOREIGN KEY ("to_account") REFERENCES "accounts_entities" ("entity_id")

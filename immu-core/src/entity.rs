@@ -69,6 +69,13 @@ impl TableDef {
 /// new statement, then appends. Concurrent writers to one entity therefore queue up, never lose
 /// an update, and versions stay 1, 2, 3, ... without gaps.
 ///
+/// Bound a write with `lock_timeout` / `statement_timeout` (it fails with
+/// [`Error::LockTimeout`](crate::Error::LockTimeout) and writes nothing) rather than by dropping
+/// its future: sqlx sends nothing when a future is dropped, so a write dropped while waiting for
+/// the lock still takes it on the server once the holder commits, and its transaction is rolled
+/// back only when the connection is next used (a pooled connection: when it returns to the pool;
+/// your own `PgConnection`: at its next query, so until then the entity stays locked).
+///
 /// ```no_run
 /// use immu_core::{Immutable, Versioned};
 ///

@@ -149,13 +149,25 @@ pub enum Error {
     },
 
     /// The database refused a version row that would break the history: a skipped or repeated
-    /// version number, or a `valid_from` earlier than the previous version's. Only raw SQL that
-    /// bypasses immu can cause it.
+    /// version number, a `valid_from` earlier than the previous version's, infinite or beyond
+    /// year 262142 (chrono's range), a tombstone not stamped at its `valid_from`. Only raw SQL
+    /// that bypasses immu can cause it.
     #[error("{table}: {message}")]
     InvalidHistory {
         /// The versioned table.
         table: String,
         /// What is wrong, as the database's check reported it.
+        message: String,
+    },
+
+    /// The caller's transaction conflicted with a concurrent one: a serialization failure under
+    /// `SERIALIZABLE` or `REPEATABLE READ` (SQLSTATE 40001) or a deadlock (40P01). Roll the whole
+    /// transaction back and retry it.
+    #[error("transaction conflict ({code}): {message}; roll back and retry the transaction")]
+    SerializationFailure {
+        /// The SQLSTATE.
+        code: String,
+        /// PostgreSQL's message.
         message: String,
     },
 
@@ -187,13 +199,13 @@ impl Error {
     /// Whether retrying the operation (or the caller's whole transaction) may succeed:
     /// version conflicts, serialization failures and deadlocks.
     pub fn is_retryable(&self) -> bool {
-        match self {
-            Error::VersionConflict { .. } | Error::LockTimeout { .. } | Error::Canceled { .. } => true,
-            Error::Database(sqlx::Error::Database(e)) => {
-                matches!(e.code().as_deref(), Some("40001" | "40P01"))
-            }
-            _ => false,
-        }
+        matches!(
+            self,
+            Error::VersionConflict { .. }
+                | Error::LockTimeout { .. }
+                | Error::Canceled { .. }
+                | Error::SerializationFailure { .. }
+        )
     }
 
     /// Whether this is [`Error::NotFound`].
@@ -223,6 +235,20 @@ impl From<sqlx::Error> for Error {
                     return Error::InvalidHistory { table, message: db.message().to_owned() };
                 }
                 Some("57014") => return Error::Canceled { message: db.message().to_owned() },
+                Some(code @ ("40001" | "40P01")) => {
+                    return Error::SerializationFailure {
+                        code: code.to_owned(),
+                        message: db.message().to_owned(),
+                    };
+                }
+                Some("23514") if db.constraint().is_some_and(|c| c.starts_with("immu_")) => {
+                    let table = pg.and_then(|e| e.table()).unwrap_or_default().to_owned();
+                    let constraint = db.constraint().unwrap_or_default();
+                    return Error::InvalidHistory {
+                        table,
+                        message: format!("{} ({constraint})", db.message()),
+                    };
+                }
                 Some(code) if code.starts_with("22") => {
                     return Error::InvalidValue { code: code.to_owned(), message: db.message().to_owned() };
                 }

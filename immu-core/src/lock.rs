@@ -31,14 +31,20 @@ pub fn lock_key(table: &str, entity_id: Uuid) -> i64 {
 /// Must run inside a transaction: outside one, PostgreSQL releases an xact lock when the
 /// statement ends, and it would protect nothing.
 ///
-/// A wait cut short by `lock_timeout` or `statement_timeout` is [`Error::LockTimeout`].
+/// A wait cut short by `lock_timeout` or `statement_timeout` is [`Error::LockTimeout`]; one
+/// canceled otherwise is [`Error::Canceled`].
 pub(crate) async fn lock_entity(conn: &mut PgConnection, table: &'static str, entity_id: Uuid) -> Result<()> {
     tracing::trace!(table, %entity_id, "taking entity lock");
     let locked =
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock_key(table, entity_id)).execute(conn).await;
     match locked {
         Ok(_) => Ok(()),
-        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("55P03" | "57014")) => {
+        // lock_timeout (55P03) or statement_timeout (57014 "... due to statement timeout"); any other
+        // cancel (pg_cancel_backend: "... due to user request") is Error::Canceled.
+        Err(sqlx::Error::Database(e))
+            if e.code().as_deref() == Some("55P03")
+                || (e.code().as_deref() == Some("57014") && e.message().contains("statement timeout")) =>
+        {
             Err(Error::LockTimeout { table, entity_id })
         }
         Err(e) => Err(e.into()),

@@ -174,7 +174,7 @@ pub fn validate_table(table: &TableDef) -> Result<()> {
 ///     CONSTRAINT "accounts_pkey" PRIMARY KEY ("entity_id", "version"),
 ///     CONSTRAINT "accounts_id_key" UNIQUE ("id"),
 ///     CONSTRAINT "immu_version_positive" CHECK ("version" >= 1),
-///     CONSTRAINT "immu_valid_from_finite" CHECK (isfinite("valid_from")),
+///     CONSTRAINT "immu_valid_from_in_range" CHECK (isfinite("valid_from") AND "valid_from" < '262143-01-01 00:00:00+00'),
 ///     CONSTRAINT "immu_tombstone_at_valid_from" CHECK ("deleted_at" IS NULL OR "deleted_at" = "valid_from")
 /// );
 /// CREATE INDEX "accounts_as_of_idx" ON "accounts" ("entity_id", "valid_from", "version");
@@ -249,7 +249,8 @@ pub fn create_table_for(table: &TableDef) -> Result<String> {
         format!(r#"    CONSTRAINT "{name}_pkey" PRIMARY KEY ("entity_id", "version")"#),
         format!(r#"    CONSTRAINT "{name}_id_key" UNIQUE ("id")"#),
         r#"    CONSTRAINT "immu_version_positive" CHECK ("version" >= 1)"#.to_owned(),
-        r#"    CONSTRAINT "immu_valid_from_finite" CHECK (isfinite("valid_from"))"#.to_owned(),
+        // Finite, and within what chrono (so every Rust reader) can represent.
+        r#"    CONSTRAINT "immu_valid_from_in_range" CHECK (isfinite("valid_from") AND "valid_from" < '262143-01-01 00:00:00+00')"#.to_owned(),
         r#"    CONSTRAINT "immu_tombstone_at_valid_from" CHECK ("deleted_at" IS NULL OR "deleted_at" = "valid_from")"#.to_owned(),
     ]);
     for column in table.columns {

@@ -23,10 +23,12 @@ use crate::{Immutable, Query, Result, Versioned};
 /// # Ok(()) }
 /// ```
 ///
-/// An instant in the past gives the same answer however often it is read: a version that
-/// commits later carries a later `valid_from`. For an instant taken just now, writes still in
-/// flight (stamped before it, committed after) can still appear; read inside one
-/// `REPEATABLE READ` transaction when "now" must be exact.
+/// An instant gives the same answer however often it is read once every transaction that was
+/// open at that instant has ended: a version is stamped with the database clock when it is
+/// appended, but becomes visible when its transaction commits. So a version appended before the
+/// instant inside a transaction that commits after it appears when that transaction commits.
+/// immu's own writes hold their transaction for a few milliseconds; a caller's transaction may
+/// hold it longer. Read inside one `REPEATABLE READ` transaction when "now" must be exact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Snapshot {
     at: DateTime<Utc>,

@@ -59,11 +59,11 @@ pub struct Sql {
     pub(crate) version: String,
     /// All versions of `$1` in version order.
     pub(crate) history: String,
-    /// New entity: `$1` id, `$2` entity_id, `$3..` own columns. Returns `valid_from`.
+    /// New entity: `$1` id, `$2` entity_id, `$3..` own columns. Returns all columns, as stored.
     pub(crate) insert: String,
     /// Next version with new data: `$1` id, `$2` entity_id, `$3` expected current version (or
     /// NULL for any), `$4..` own columns. Inserts nothing if the latest version is a tombstone or
-    /// not the expected one. Returns `version, valid_from`.
+    /// not the expected one. Returns all columns, as stored.
     pub(crate) append: String,
     /// Tombstone copying the latest data: `$1` id, `$2` entity_id. Inserts nothing unless the
     /// latest version is live. Returns all columns.
@@ -103,7 +103,11 @@ impl Sql {
                     .into_iter()
                     .chain((0..table.columns.len()).map(|i| param(3 + i)));
             let mut insert = Query::insert();
-            insert.into_table(table.name).columns(all()).values_panic(values).returning_col(VALID_FROM);
+            insert
+                .into_table(table.name)
+                .columns(all())
+                .values_panic(values)
+                .returning(Query::returning().columns(all()));
             insert.to_string(PostgresQueryBuilder)
         };
 
@@ -131,7 +135,7 @@ impl Sql {
                 .from_subquery(resolve::latest(table, None, LATEST_META, param(2), At::Current), LATEST)
                 .and_where(Expr::col((LATEST, DELETED_AT)).is_null())
                 .and_where(param(3).is_null().or(Expr::col((LATEST, VERSION)).eq(param(3))));
-            insert_select(table, select, [VERSION, VALID_FROM])
+            insert_select(table, select, all())
         };
 
         let copy = |tombstone: bool| {

@@ -33,19 +33,20 @@ where
     args.add(id).map_err(sqlx::Error::Encode)?;
     args.add(entity_id).map_err(sqlx::Error::Encode)?;
     value.__encode(&mut args).map_err(sqlx::Error::Encode)?;
-    let query = sqlx::query_scalar_with(T::__sql().insert.as_str(), args);
+    let query = sqlx::query_with(T::__sql().insert.as_str(), args);
 
     let mut conn = db.acquire().await?;
-    let valid_from = if conn.is_in_transaction() {
+    let row = if conn.is_in_transaction() {
         let mut savepoint = Connection::begin(&mut *conn).await?;
-        let valid_from = query.fetch_one(&mut *savepoint).await?;
+        let row = query.fetch_one(&mut *savepoint).await?;
         savepoint.commit().await?;
-        valid_from
+        row
     } else {
         query.fetch_one(&mut *conn).await?
     };
     tracing::debug!(%entity_id, "inserted version 1");
-    Ok(Versioned { id, entity_id, version: 1, valid_from, deleted_at: None, data: value })
+    // What was stored, as PostgreSQL returns it (timestamps at microseconds, ...).
+    Ok(Versioned::decode(&row)?)
 }
 
 /// Appends `value` as the next version, optionally only if the current version is `expected`.
@@ -62,7 +63,7 @@ where
 {
     let mut tx = db.begin().await?;
     lock_entity(&mut tx, T::TABLE.name, entity_id).await?;
-    let appended = append(&mut tx, entity_id, expected, value).await?;
+    let appended = append(&mut tx, entity_id, expected, &value).await?;
     tx.commit().await?;
     Ok(appended)
 }
@@ -91,7 +92,7 @@ where
     let expected = current.version;
     let mut value = current.data;
     f(&mut value)?;
-    let appended = append(&mut tx, entity_id, Some(expected), value).await?;
+    let appended = append(&mut tx, entity_id, Some(expected), &value).await?;
     tx.commit().await.map_err(Error::from)?;
     Ok(appended)
 }
@@ -129,7 +130,7 @@ async fn append<T: Immutable>(
     conn: &mut PgConnection,
     entity_id: Uuid,
     expected: Option<i64>,
-    value: T,
+    value: &T,
 ) -> Result<Versioned<T>> {
     let id = Uuid::now_v7();
     let mut args = PgArguments::default();
@@ -145,9 +146,9 @@ async fn append<T: Immutable>(
     let Some(row) = row else {
         return Err(refusal::<T>(conn, entity_id, intent).await);
     };
-    let (version, valid_from) = (row.try_get(0)?, row.try_get(1)?);
-    tracing::debug!(%entity_id, version, "appended version");
-    Ok(Versioned { id, entity_id, version, valid_from, deleted_at: None, data: value })
+    let appended = Versioned::decode(&row)?;
+    tracing::debug!(%entity_id, version = appended.version, "appended version");
+    Ok(appended)
 }
 
 /// Delete or undelete: lock, then append a copy of the latest version's data.

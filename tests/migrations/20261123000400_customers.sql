@@ -24,7 +24,7 @@ CREATE TABLE "customers" (
     CONSTRAINT "customers_pkey" PRIMARY KEY ("entity_id", "version"),
     CONSTRAINT "customers_id_key" UNIQUE ("id"),
     CONSTRAINT "immu_version_positive" CHECK ("version" >= 1),
-    CONSTRAINT "immu_valid_from_finite" CHECK (isfinite("valid_from")),
+    CONSTRAINT "immu_valid_from_in_range" CHECK (isfinite("valid_from") AND "valid_from" < '262143-01-01 00:00:00+00'),
     CONSTRAINT "immu_tombstone_at_valid_from" CHECK ("deleted_at" IS NULL OR "deleted_at" = "valid_from")
 );
 CREATE INDEX "customers_as_of_idx" ON "customers" ("entity_id", "valid_from", "version");

@@ -4,6 +4,7 @@
 
 pub mod harness;
 pub mod models;
+pub mod reliability;
 
 /// The test tables' migrations (`tests/migrations/`), run after [`immu_core::MIGRATOR`].
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

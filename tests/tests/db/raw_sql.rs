@@ -149,11 +149,11 @@ async fn infinite_or_non_positive_versions_and_times_are_refused(db: Db) -> Test
     for (sql, constraint) in [
         (
             "INSERT INTO accounts (id, entity_id, version, valid_from, owner, balance) VALUES (gen_random_uuid(), gen_random_uuid(), 1, 'infinity', 'x', 0)",
-            Some("immu_valid_from_finite"),
+            Some("immu_valid_from_in_range"),
         ),
         (
             "INSERT INTO accounts (id, entity_id, version, valid_from, owner, balance) VALUES (gen_random_uuid(), gen_random_uuid(), 1, '-infinity', 'x', 0)",
-            Some("immu_valid_from_finite"),
+            Some("immu_valid_from_in_range"),
         ),
         (
             "INSERT INTO accounts (id, entity_id, version, valid_from, owner, balance) VALUES (gen_random_uuid(), gen_random_uuid(), 0, now(), 'x', 0)",
