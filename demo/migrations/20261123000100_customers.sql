@@ -41,8 +41,8 @@ DECLARE
     latest_version bigint;
     latest_valid_from timestamptz;
 BEGIN
-    SELECT "version", "valid_from" INTO latest_version, latest_valid_from
-        FROM "customers" WHERE "entity_id" = NEW."entity_id" ORDER BY "version" DESC LIMIT 1;
+    SELECT "version", "valid_from" FROM "customers" WHERE "entity_id" = NEW."entity_id" ORDER BY "version" DESC LIMIT 1
+        INTO latest_version, latest_valid_from;
     IF NEW."version" <> COALESCE(latest_version, 0) + 1 THEN
         RAISE EXCEPTION 'version % of entity % would skip or repeat a version: its latest version is %',
             NEW."version", NEW."entity_id", COALESCE(latest_version, 0)
@@ -63,3 +63,14 @@ CREATE TRIGGER "immu_check_insert"
     BEFORE INSERT ON "customers"
     FOR EACH ROW EXECUTE FUNCTION "customers_immu_check"();
 ALTER TABLE "customers" ENABLE ALWAYS TRIGGER "immu_check_insert";
+
+-- The write path's first step, in one call: takes the write lock of entity $1 (the advisory lock
+-- whose key $2 immu_core::lock_key computes) and returns the entity's latest version, read after
+-- the lock in a statement of its own.
+CREATE FUNCTION "customers_immu_latest"(uuid, bigint) RETURNS SETOF "customers"
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock($2);
+    RETURN QUERY SELECT * FROM "customers" WHERE "entity_id" = $1 ORDER BY "version" DESC LIMIT 1;
+END
+$$;

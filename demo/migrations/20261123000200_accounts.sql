@@ -43,8 +43,8 @@ DECLARE
     latest_version bigint;
     latest_valid_from timestamptz;
 BEGIN
-    SELECT "version", "valid_from" INTO latest_version, latest_valid_from
-        FROM "accounts" WHERE "entity_id" = NEW."entity_id" ORDER BY "version" DESC LIMIT 1;
+    SELECT "version", "valid_from" FROM "accounts" WHERE "entity_id" = NEW."entity_id" ORDER BY "version" DESC LIMIT 1
+        INTO latest_version, latest_valid_from;
     IF NEW."version" <> COALESCE(latest_version, 0) + 1 THEN
         RAISE EXCEPTION 'version % of entity % would skip or repeat a version: its latest version is %',
             NEW."version", NEW."entity_id", COALESCE(latest_version, 0)
@@ -65,3 +65,14 @@ CREATE TRIGGER "immu_check_insert"
     BEFORE INSERT ON "accounts"
     FOR EACH ROW EXECUTE FUNCTION "accounts_immu_check"();
 ALTER TABLE "accounts" ENABLE ALWAYS TRIGGER "immu_check_insert";
+
+-- The write path's first step, in one call: takes the write lock of entity $1 (the advisory lock
+-- whose key $2 immu_core::lock_key computes) and returns the entity's latest version, read after
+-- the lock in a statement of its own.
+CREATE FUNCTION "accounts_immu_latest"(uuid, bigint) RETURNS SETOF "accounts"
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock($2);
+    RETURN QUERY SELECT * FROM "accounts" WHERE "entity_id" = $1 ORDER BY "version" DESC LIMIT 1;
+END
+$$;

@@ -1,10 +1,8 @@
 //! The per-entity write lock: a transaction-scoped PostgreSQL advisory lock keyed on the table and
-//! the entity.
+//! the entity. The write path takes it inside the table's `<table>_immu_latest` function (see
+//! [`write`](crate::write)), with the key computed here.
 
-use sqlx::PgConnection;
 use uuid::Uuid;
-
-use crate::{Error, Result};
 
 /// The 64-bit key of the advisory lock that serializes writes to one entity of one table.
 ///
@@ -24,31 +22,6 @@ pub fn lock_key(table: &str, entity_id: Uuid) -> i64 {
     let bytes = table.bytes().chain([0]).chain(entity_id.as_bytes().iter().copied());
     let hash = bytes.fold(OFFSET, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(PRIME));
     i64::from_ne_bytes(hash.to_ne_bytes())
-}
-
-/// Takes the entity's write lock for the rest of the current transaction.
-///
-/// Must run inside a transaction: outside one, PostgreSQL releases an xact lock when the
-/// statement ends, and it would protect nothing.
-///
-/// A wait cut short by `lock_timeout` or `statement_timeout` is [`Error::LockTimeout`]; one
-/// canceled otherwise is [`Error::Canceled`].
-pub(crate) async fn lock_entity(conn: &mut PgConnection, table: &'static str, entity_id: Uuid) -> Result<()> {
-    tracing::trace!(table, %entity_id, "taking entity lock");
-    let locked =
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock_key(table, entity_id)).execute(conn).await;
-    match locked {
-        Ok(_) => Ok(()),
-        // lock_timeout (55P03) or statement_timeout (57014 "... due to statement timeout"); any other
-        // cancel (pg_cancel_backend: "... due to user request") is Error::Canceled.
-        Err(sqlx::Error::Database(e))
-            if e.code().as_deref() == Some("55P03")
-                || (e.code().as_deref() == Some("57014") && e.message().contains("statement timeout")) =>
-        {
-            Err(Error::LockTimeout { table, entity_id })
-        }
-        Err(e) => Err(e.into()),
-    }
 }
 
 #[cfg(test)]

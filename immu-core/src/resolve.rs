@@ -3,7 +3,8 @@
 //! This module is the one place that knows how "current" and "as of an instant" are resolved.
 //! Each shape is written once here and used in two ways:
 //!
-//! * single-entity reads and the write path select the row itself with [`latest`]
+//! * single-entity reads and the write path (in the table's `<table>_immu_latest` function, see
+//!   [`schema`](crate::schema)) select the row itself with [`latest`]
 //!   (`WHERE "entity_id" = $1 ... LIMIT 1`);
 //! * lists keep, of every row, only the one whose `version` equals the resolved version of its
 //!   own entity ([`resolved`]: `MAX(version)` for current, `latest` for as-of), and apply the
@@ -41,10 +42,12 @@ pub(crate) enum At {
 
 /// `SELECT <columns> FROM <table> [AS alias] WHERE entity_id = <entity> ... LIMIT 1`: the single
 /// version of one entity that `at` resolves to, tombstones included.
+///
+/// `columns: None` selects `*`: every column of the table, in the table's order.
 pub(crate) fn latest<I>(
     table: &TableDef,
     alias: Option<&'static str>,
-    columns: I,
+    columns: Option<I>,
     entity: Expr,
     at: At,
 ) -> SelectStatement
@@ -57,7 +60,10 @@ where
         None => Expr::col(name),
     };
     let mut select = Query::select();
-    select.exprs(columns.into_iter().map(col));
+    match columns {
+        Some(columns) => select.exprs(columns.into_iter().map(col)),
+        None => select.column(sea_query::Asterisk),
+    };
     match alias {
         Some(alias) => select.from_as(table.name, alias.into_iden()),
         None => select.from(table.name),
@@ -112,7 +118,7 @@ pub(crate) fn resolved(table: &TableDef, at: At, deleted: bool) -> Condition {
         At::Instant(instant) => {
             // Implied by the subquery; lets the planner discard later versions before probing.
             condition = condition.add(outer(VALID_FROM).lte(instant.clone()));
-            latest(table, Some(alias), [VERSION], outer(ENTITY_ID), At::Instant(instant))
+            latest(table, Some(alias), Some([VERSION]), outer(ENTITY_ID), At::Instant(instant))
         }
     };
     condition = condition.add(outer(VERSION).eq(Expr::SubQuery(None, Box::new(subquery.into()))));
@@ -126,6 +132,3 @@ pub(crate) fn resolved(table: &TableDef, at: At, deleted: bool) -> Condition {
 fn inner_alias(table: &TableDef) -> &'static str {
     if table.name == "immu_v" { "immu_w" } else { "immu_v" }
 }
-
-/// The reserved columns a write needs from the latest version to build the next one.
-pub(crate) const LATEST_META: [&str; 4] = [ENTITY_ID, VERSION, VALID_FROM, DELETED_AT];

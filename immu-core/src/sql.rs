@@ -9,7 +9,7 @@ use sea_query::{Alias, Expr, ExprTrait, Func, Keyword, Order, PostgresQueryBuild
 
 use crate::TableDef;
 use crate::entity::RESERVED_COLUMNS;
-use crate::resolve::{self, At, LATEST_META};
+use crate::resolve::{self, At};
 
 pub(crate) const ID: &str = "id";
 pub(crate) const ENTITY_ID: &str = "entity_id";
@@ -17,8 +17,10 @@ pub(crate) const VERSION: &str = "version";
 pub(crate) const VALID_FROM: &str = "valid_from";
 pub(crate) const DELETED_AT: &str = "deleted_at";
 
-/// The alias of the latest-version subquery in append statements.
+/// The CTE holding the latest version, read under the entity's lock, in write statements.
 const LATEST: &str = "latest";
+/// The CTE holding the appended version in write statements.
+const APPENDED: &str = "appended";
 /// The alias of the lateral subquery that computes the new version's timestamp.
 const NEXT: &str = "next";
 /// The column of [`NEXT`] holding the timestamp.
@@ -61,19 +63,30 @@ pub struct Sql {
     pub(crate) history: String,
     /// New entity: `$1` id, `$2` entity_id, `$3..` own columns. Returns all columns, as stored.
     pub(crate) insert: String,
-    /// Next version with new data: `$1` id, `$2` entity_id, `$3` expected current version (or
-    /// NULL for any), `$4..` own columns. Inserts nothing if the latest version is a tombstone or
-    /// not the expected one. Returns all columns, as stored.
+    /// Takes the write lock of entity `$1` (key `$2`) and returns its latest version, read after the
+    /// lock (the table's `<table>_immu_latest` function). Columns: reserved then own.
+    pub(crate) lock_latest: String,
+    /// Next version with new data, in one statement: `$1` id, `$2` entity_id, `$3` lock key, `$4`
+    /// expected current version (or NULL for any), `$5..` own columns. See [`latest_version_index`].
     pub(crate) append: String,
-    /// Tombstone copying the latest data: `$1` id, `$2` entity_id. Inserts nothing unless the
-    /// latest version is live. Returns all columns.
+    /// Tombstone copying the latest data: `$1` id, `$2` entity_id, `$3` lock key. See [`latest_version_index`].
     pub(crate) delete: String,
-    /// Live copy of a tombstone's data: `$1` id, `$2` entity_id. Inserts nothing unless the
-    /// latest version is a tombstone. Returns all columns.
+    /// Live copy of a tombstone's data: `$1` id, `$2` entity_id, `$3` lock key. See [`latest_version_index`].
     pub(crate) undelete: String,
     /// Entities `$1` (uuid[]) each as of its instant in `$2` (timestamptz[]). Columns: the
     /// 1-based position in the arrays, then all columns.
     pub(crate) each_as_of: String,
+}
+
+/// Index, in the row a write statement returns, of the latest version's number (its
+/// `deleted_at` follows).
+///
+/// A write statement (`append`, `delete`, `undelete`) returns no row if the entity does not
+/// exist; otherwise every column of the appended version (all NULL if the latest version did not
+/// allow the write), then the latest version's `version` and `deleted_at` as the statement saw
+/// them under the lock, which explain a refusal.
+pub(crate) fn latest_version_index(table: &TableDef) -> usize {
+    RESERVED_COLUMNS.len() + table.columns.len()
 }
 
 impl Sql {
@@ -111,17 +124,11 @@ impl Sql {
             insert.to_string(PostgresQueryBuilder)
         };
 
-        let each_as_of = {
-            let entity = Expr::col(("immu_ref", ENTITY_ID));
-            let at = resolve::At::Instant(Expr::col(("immu_ref", "at")));
-            let latest =
-                resolve::latest(table, Some("immu_v"), all(), entity, at).to_string(PostgresQueryBuilder);
-            format!(
-                "SELECT \"immu_ref\".\"ord\", \"immu_found\".* \
-                 FROM unnest($1::uuid[], $2::timestamptz[]) WITH ORDINALITY AS \"immu_ref\" (\"entity_id\", \"at\", \"ord\") \
-                 CROSS JOIN LATERAL ({latest}) AS \"immu_found\""
-            )
-        };
+        let lock_latest = format!(
+            "SELECT {} FROM {}($1, $2)",
+            all().map(quote).collect::<Vec<_>>().join(", "),
+            quote(&latest_function_name(table.name))
+        );
 
         let append = {
             let mut select = Query::select();
@@ -131,11 +138,11 @@ impl Sql {
                 .expr(Expr::col((LATEST, VERSION)).add(1))
                 .expr(next_valid_from())
                 .expr(Expr::cust("NULL::timestamptz"))
-                .exprs((0..table.columns.len()).map(|i| param(4 + i)))
-                .from_subquery(resolve::latest(table, None, LATEST_META, param(2), At::Current), LATEST)
+                .exprs((0..table.columns.len()).map(|i| param(5 + i)))
+                .from(LATEST)
                 .and_where(Expr::col((LATEST, DELETED_AT)).is_null())
-                .and_where(param(3).is_null().or(Expr::col((LATEST, VERSION)).eq(param(3))));
-            insert_select(table, select, all())
+                .and_where(param(4).is_null().or(Expr::col((LATEST, VERSION)).eq(param(4))));
+            write_statement(table, select)
         };
 
         let copy = |tombstone: bool| {
@@ -147,7 +154,7 @@ impl Sql {
                 .expr(Expr::col((NEXT, TS)))
                 .expr(if tombstone { Expr::col((NEXT, TS)) } else { Expr::cust("NULL::timestamptz") })
                 .exprs(own().map(|c| Expr::col((LATEST, c))))
-                .from_subquery(resolve::latest(table, None, all(), param(2), At::Current), LATEST)
+                .from(LATEST)
                 .join_lateral(
                     sea_query::JoinType::InnerJoin,
                     Query::select().expr_as(next_valid_from(), Alias::new(TS)).to_owned(),
@@ -156,21 +163,79 @@ impl Sql {
                 );
             let latest_deleted = Expr::col((LATEST, DELETED_AT));
             select.and_where(if tombstone { latest_deleted.is_null() } else { latest_deleted.is_not_null() });
-            insert_select(table, select, all())
+            write_statement(table, select)
+        };
+
+        let each_as_of = {
+            let entity = Expr::col(("immu_ref", ENTITY_ID));
+            let at = resolve::At::Instant(Expr::col(("immu_ref", "at")));
+            let latest = resolve::latest(table, Some("immu_v"), Some(all()), entity, at)
+                .to_string(PostgresQueryBuilder);
+            format!(
+                "SELECT \"immu_ref\".\"ord\", \"immu_found\".* \
+                 FROM unnest($1::uuid[], $2::timestamptz[]) WITH ORDINALITY AS \"immu_ref\" (\"entity_id\", \"at\", \"ord\") \
+                 CROSS JOIN LATERAL ({latest}) AS \"immu_found\""
+            )
         };
 
         Sql {
-            current: render(&resolve::latest(table, None, all(), param(1), At::Current)),
-            as_of: render(&resolve::latest(table, None, all(), param(1), At::Instant(param(2)))),
+            current: render(&resolve::latest(table, None, Some(all()), param(1), At::Current)),
+            as_of: render(&resolve::latest(table, None, Some(all()), param(1), At::Instant(param(2)))),
             version: render(&version),
             history: render(&history),
             insert,
+            lock_latest,
             append,
             delete: copy(true),
             undelete: copy(false),
             each_as_of,
         }
     }
+}
+
+/// A write in one statement (see [`latest_version_index`]): the latest version under the entity's lock, the
+/// new version `select` builds from it, and both returned together.
+///
+/// ```sql
+/// WITH "latest" AS (SELECT * FROM "accounts_immu_latest"($2, $3)),
+/// "appended" AS (INSERT INTO "accounts" (...) SELECT ... FROM "latest" WHERE ... RETURNING ...)
+/// SELECT "appended"."id", ..., "latest"."version", "latest"."deleted_at"
+/// FROM "latest" LEFT JOIN "appended" ON TRUE
+/// ```
+///
+/// The function takes the lock and reads in a statement of its own, so under READ COMMITTED it
+/// sees every earlier writer's commit although this statement's snapshot predates the lock.
+fn write_statement(table: &TableDef, select: SelectStatement) -> String {
+    let mut insert = Query::insert();
+    insert
+        .into_table(table.name)
+        .columns(all_columns(table))
+        .select_from(select)
+        .expect("the select lists one expression per column")
+        .returning(Query::returning().columns(all_columns(table)));
+    let appended: Vec<String> =
+        all_columns(table).map(|c| format!("{}.{}", quote(APPENDED), quote(c))).collect();
+    format!(
+        "WITH {latest} AS (SELECT * FROM {function}($2, $3)), {appended_cte} AS ({insert}) \
+         SELECT {appended}, {latest}.{version}, {latest}.{deleted_at} FROM {latest} LEFT JOIN {appended_cte} ON TRUE",
+        latest = quote(LATEST),
+        function = quote(&latest_function_name(table.name)),
+        appended_cte = quote(APPENDED),
+        insert = insert.to_string(PostgresQueryBuilder),
+        appended = appended.join(", "),
+        version = quote(VERSION),
+        deleted_at = quote(DELETED_AT),
+    )
+}
+
+/// The name of the function that takes an entity's write lock and returns its latest version.
+pub(crate) fn latest_function_name(table: &str) -> String {
+    format!("{table}_immu_latest")
+}
+
+/// Quotes an identifier for PostgreSQL (doubling any `"`; immu's names have none).
+pub(crate) fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// The name of the identity table of `table`: one row per entity, the target of foreign keys.
@@ -181,21 +246,6 @@ pub(crate) fn identity_table_name(table: &str) -> String {
 /// Every column of the table: the reserved ones, then the entity's own.
 pub(crate) fn all_columns(table: &TableDef) -> impl Iterator<Item = &'static str> + Clone + '_ {
     RESERVED_COLUMNS.into_iter().chain(table.columns.iter().map(|c| c.name))
-}
-
-/// `INSERT INTO <table> (<all columns>) <select> RETURNING <returning>`.
-fn insert_select<R>(table: &TableDef, select: SelectStatement, returning: R) -> String
-where
-    R: IntoIterator<Item = &'static str>,
-{
-    let mut insert = Query::insert();
-    insert
-        .into_table(table.name)
-        .columns(all_columns(table))
-        .select_from(select)
-        .expect("the select lists one expression per column")
-        .returning(Query::returning().columns(returning));
-    insert.to_string(PostgresQueryBuilder)
 }
 
 #[cfg(test)]

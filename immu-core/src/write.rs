@@ -1,27 +1,34 @@
 //! The write path: every change appends a row.
 //!
-//! A write to an existing entity runs in a transaction (a savepoint inside the caller's):
-//! 1. `pg_advisory_xact_lock(lock_key(table, entity))` queues it behind other writers of that
-//!    entity ([`lock`](crate::lock));
-//! 2. one `INSERT ... SELECT` statement, issued after the lock so that (in READ COMMITTED) its
-//!    snapshot sees every earlier writer's commit, reads the latest version and appends the next
-//!    one with `valid_from = GREATEST(clock_timestamp(), latest.valid_from)`
-//!    ([`Sql`](crate::sql::Sql) holds the text);
-//! 3. if it inserted nothing, the latest version explains why (not found, deleted, not deleted,
-//!    version moved) and the transaction rolls back;
+//! A write to an existing entity is one statement ([`Sql`](crate::sql::Sql) holds the text):
+//! 1. the table's `<table>_immu_latest(entity, key)` function takes
+//!    `pg_advisory_xact_lock(`[`lock_key`](crate::lock_key)`(table, entity))`, which queues the
+//!    write behind other writers of that entity, then reads the latest version in a statement of
+//!    its own, so that under READ COMMITTED it sees every earlier writer's commit;
+//! 2. the same statement appends the next version when the latest one allows it, with
+//!    `valid_from = GREATEST(clock_timestamp(), latest.valid_from)`, and returns the appended row
+//!    with the latest version's number and tombstone, which explain a refusal (deleted, not
+//!    deleted, version moved) without another query;
+//! 3. the lock is held until the transaction ends: the statement's own (autocommit: one round
+//!    trip for a write through a pool), or the caller's, in which the write runs in a savepoint so
+//!    that a failure leaves that transaction usable;
 //! 4. a unique violation on `(entity_id, version)` means another writer took the version number
 //!    first (a stale `REPEATABLE READ`/`SERIALIZABLE` snapshot, or a writer that bypassed the
 //!    lock): it is reported as [`Error::VersionConflict`], never written twice.
+//!
+//! Read-modify-write takes the lock and reads with the same function, runs the closure, and
+//! appends expecting the version it read, in one transaction.
 
+use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{Acquire, Arguments, Connection, PgConnection, Postgres, Row};
 use uuid::Uuid;
 
-use crate::lock::lock_entity;
+use crate::lock::lock_key;
+use crate::sql::latest_version_index;
 use crate::{Error, Immutable, Result, Versioned};
 
-/// Inserts a new entity at version 1. One statement; in a caller's transaction it runs in a
-/// savepoint so that a failure leaves that transaction usable.
+/// Inserts a new entity at version 1: one statement.
 #[tracing::instrument(level = "debug", skip_all, fields(table = T::TABLE.name))]
 pub(crate) async fn insert<'c, T, A>(db: A, value: T) -> Result<Versioned<T>>
 where
@@ -33,17 +40,9 @@ where
     args.add(id).map_err(sqlx::Error::Encode)?;
     args.add(entity_id).map_err(sqlx::Error::Encode)?;
     value.__encode(&mut args).map_err(sqlx::Error::Encode)?;
-    let query = sqlx::query_with(T::__sql().insert.as_str(), args);
-
     let mut conn = db.acquire().await?;
-    let row = if conn.is_in_transaction() {
-        let mut savepoint = Connection::begin(&mut *conn).await?;
-        let row = query.fetch_one(&mut *savepoint).await?;
-        savepoint.commit().await?;
-        row
-    } else {
-        query.fetch_one(&mut *conn).await?
-    };
+    let row = one_statement(&mut conn, T::__sql().insert.as_str(), args).await?;
+    let row = row.ok_or(Error::Database(sqlx::Error::RowNotFound))?;
     tracing::debug!(%entity_id, "inserted version 1");
     // What was stored, as PostgreSQL returns it (timestamps at microseconds, ...).
     Ok(Versioned::decode(&row)?)
@@ -61,11 +60,13 @@ where
     T: Immutable,
     A: Acquire<'c, Database = Postgres> + Send + 'c,
 {
-    let mut tx = db.begin().await?;
-    lock_entity(&mut tx, T::TABLE.name, entity_id).await?;
-    let appended = append(&mut tx, entity_id, expected, &value).await?;
-    tx.commit().await?;
-    Ok(appended)
+    let mut conn = db.acquire().await?;
+    let args = append_args(entity_id, expected, &value)?;
+    let intent = Intent::Update { expected };
+    let row = one_statement(&mut conn, T::__sql().append.as_str(), args)
+        .await
+        .map_err(|e| write_error::<T>(e, entity_id, intent))?;
+    written(row, entity_id, intent)
 }
 
 /// Read-modify-write under the entity's lock.
@@ -82,17 +83,23 @@ where
     E: From<Error>,
 {
     let mut tx = db.begin().await.map_err(Error::from)?;
-    lock_entity(&mut tx, T::TABLE.name, entity_id).await?;
-    let row = sqlx::query(T::__sql().current.as_str())
+    let latest = sqlx::query(T::__sql().lock_latest.as_str())
         .bind(entity_id)
+        .bind(lock_key(T::TABLE.name, entity_id))
         .fetch_optional(&mut *tx)
         .await
-        .map_err(Error::from)?;
-    let current = crate::read::live::<T>(row, entity_id)?;
-    let expected = current.version;
+        .map_err(|e| write_error::<T>(e, entity_id, Intent::Update { expected: None }))?;
+    let current = crate::read::live::<T>(latest, entity_id)?;
+    let expected = Some(current.version);
     let mut value = current.data;
     f(&mut value)?;
-    let appended = append(&mut tx, entity_id, Some(expected), &value).await?;
+    let args = append_args(entity_id, expected, &value)?;
+    let intent = Intent::Update { expected };
+    let row = sqlx::query_with(T::__sql().append.as_str(), args)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| write_error::<T>(e, entity_id, intent))?;
+    let appended = written(row, entity_id, intent)?;
     tx.commit().await.map_err(Error::from)?;
     Ok(appended)
 }
@@ -125,33 +132,7 @@ enum Intent {
     Undelete,
 }
 
-/// Runs the append statement (the caller holds the entity's lock) and returns the new version.
-async fn append<T: Immutable>(
-    conn: &mut PgConnection,
-    entity_id: Uuid,
-    expected: Option<i64>,
-    value: &T,
-) -> Result<Versioned<T>> {
-    let id = Uuid::now_v7();
-    let mut args = PgArguments::default();
-    args.add(id).map_err(sqlx::Error::Encode)?;
-    args.add(entity_id).map_err(sqlx::Error::Encode)?;
-    args.add(expected).map_err(sqlx::Error::Encode)?;
-    value.__encode(&mut args).map_err(sqlx::Error::Encode)?;
-    let intent = Intent::Update { expected };
-    let row = sqlx::query_with(T::__sql().append.as_str(), args)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(|e| conflict_or::<T>(e, entity_id, intent))?;
-    let Some(row) = row else {
-        return Err(refusal::<T>(conn, entity_id, intent).await);
-    };
-    let appended = Versioned::decode(&row)?;
-    tracing::debug!(%entity_id, version = appended.version, "appended version");
-    Ok(appended)
-}
-
-/// Delete or undelete: lock, then append a copy of the latest version's data.
+/// Delete or undelete: one statement appending a copy of the latest version's data.
 async fn copy_latest<'c, T, A>(db: A, entity_id: Uuid, intent: Intent) -> Result<Versioned<T>>
 where
     T: Immutable,
@@ -159,67 +140,95 @@ where
 {
     let sql = T::__sql();
     let statement = if intent == Intent::Delete { &sql.delete } else { &sql.undelete };
-    let mut tx = db.begin().await?;
-    lock_entity(&mut tx, T::TABLE.name, entity_id).await?;
-    let row = sqlx::query(statement.as_str())
-        .bind(Uuid::now_v7())
-        .bind(entity_id)
-        .fetch_optional(&mut *tx)
+    let mut args = PgArguments::default();
+    args.add(Uuid::now_v7()).map_err(sqlx::Error::Encode)?;
+    args.add(entity_id).map_err(sqlx::Error::Encode)?;
+    args.add(lock_key(T::TABLE.name, entity_id)).map_err(sqlx::Error::Encode)?;
+    let mut conn = db.acquire().await?;
+    let row = one_statement(&mut conn, statement.as_str(), args)
         .await
-        .map_err(|e| conflict_or::<T>(e, entity_id, intent))?;
-    let Some(row) = row else {
-        return Err(refusal::<T>(&mut tx, entity_id, intent).await);
-    };
-    let version = Versioned::decode(&row)?;
-    tx.commit().await?;
-    tracing::debug!(%entity_id, version = version.version, ?intent, "appended version");
-    Ok(version)
+        .map_err(|e| write_error::<T>(e, entity_id, intent))?;
+    written(row, entity_id, intent)
 }
 
-/// Explains why an append statement inserted nothing, from the latest version (still under the
-/// entity's lock, so the answer is the one the statement saw).
-async fn refusal<T: Immutable>(conn: &mut PgConnection, entity_id: Uuid, intent: Intent) -> Error {
+/// The bind arguments of the append statement.
+fn append_args<T: Immutable>(entity_id: Uuid, expected: Option<i64>, value: &T) -> Result<PgArguments> {
+    let mut args = PgArguments::default();
+    args.add(Uuid::now_v7()).map_err(sqlx::Error::Encode)?;
+    args.add(entity_id).map_err(sqlx::Error::Encode)?;
+    args.add(lock_key(T::TABLE.name, entity_id)).map_err(sqlx::Error::Encode)?;
+    args.add(expected).map_err(sqlx::Error::Encode)?;
+    value.__encode(&mut args).map_err(sqlx::Error::Encode)?;
+    Ok(args)
+}
+
+/// Runs one write statement: as is outside a transaction (it is its own transaction, one round
+/// trip), in a savepoint inside the caller's (so that a failure leaves it usable).
+async fn one_statement(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    args: PgArguments,
+) -> sqlx::Result<Option<PgRow>> {
+    let query = sqlx::query_with(sql, args);
+    if conn.is_in_transaction() {
+        let mut savepoint = Connection::begin(&mut *conn).await?;
+        let row = query.fetch_optional(&mut *savepoint).await?;
+        savepoint.commit().await?;
+        Ok(row)
+    } else {
+        query.fetch_optional(conn).await
+    }
+}
+
+/// The outcome of a write statement's row (see [`latest_version_index`]): the appended version,
+/// or the error the latest version explains.
+fn written<T: Immutable>(row: Option<PgRow>, entity_id: Uuid, intent: Intent) -> Result<Versioned<T>> {
     let table = T::TABLE.name;
-    let latest: Option<PgRow> =
-        match sqlx::query(T::__sql().current.as_str()).bind(entity_id).fetch_optional(&mut *conn).await {
-            Ok(row) => row,
-            Err(err) => return err.into(),
-        };
-    let Some(latest) = latest else {
-        return Error::NotFound { table, entity_id, version: None };
+    let Some(row) = row else {
+        return Err(Error::NotFound { table, entity_id, version: None });
     };
-    let meta = latest
-        .try_get::<i64, _>(2)
-        .and_then(|version| Ok((version, latest.try_get::<Option<chrono::DateTime<chrono::Utc>>, _>(4)?)));
-    let (version, deleted_at) = match meta {
-        Ok(meta) => meta,
-        Err(err) => return err.into(),
-    };
-    match (intent, deleted_at) {
+    if row.try_get::<Option<Uuid>, _>(0)?.is_some() {
+        let appended = Versioned::decode(&row)?;
+        tracing::debug!(%entity_id, version = appended.version, ?intent, "appended version");
+        return Ok(appended);
+    }
+    let at = latest_version_index(&T::TABLE);
+    let version: i64 = row.try_get(at)?;
+    let deleted_at: Option<DateTime<Utc>> = row.try_get(at + 1)?;
+    Err(match (intent, deleted_at) {
         (Intent::Update { .. } | Intent::Delete, Some(deleted_at)) => {
             Error::Deleted { table, entity_id, version, deleted_at }
         }
         (Intent::Undelete, None) => Error::NotDeleted { table, entity_id, version },
-        (Intent::Update { expected: Some(expected) }, None) => {
-            Error::VersionConflict { table, entity_id, expected: Some(expected), actual: Some(version) }
+        (Intent::Update { expected }, None) => {
+            Error::VersionConflict { table, entity_id, expected, actual: Some(version) }
         }
-        // The statement saw a state that the re-read does not show: only possible if the
-        // snapshot moved, i.e. someone wrote without the lock. Report it as a conflict.
-        _ => Error::VersionConflict { table, entity_id, expected: None, actual: Some(version) },
-    }
+        // Undelete of a tombstone and delete of a live version always append.
+        (Intent::Undelete, Some(_)) | (Intent::Delete, None) => {
+            Error::VersionConflict { table, entity_id, expected: None, actual: Some(version) }
+        }
+    })
 }
 
-/// A unique violation on the table's primary key `(entity_id, version)` is a version conflict;
-/// any other error converts as usual.
-fn conflict_or<T: Immutable>(err: sqlx::Error, entity_id: Uuid, intent: Intent) -> Error {
+/// Maps a write statement's failure: a unique violation on the table's primary key
+/// `(entity_id, version)` is a version conflict, a lock wait cut short by `lock_timeout` or
+/// `statement_timeout` is [`Error::LockTimeout`]; anything else converts as usual.
+fn write_error<T: Immutable>(err: sqlx::Error, entity_id: Uuid, intent: Intent) -> Error {
     if let sqlx::Error::Database(db) = &err {
-        let pkey = db.constraint().is_some_and(|c| c.strip_suffix("_pkey") == Some(T::TABLE.name));
+        let table = T::TABLE.name;
+        let pkey = db.constraint().is_some_and(|c| c.strip_suffix("_pkey") == Some(table));
         if db.is_unique_violation() && pkey {
             let expected = match intent {
                 Intent::Update { expected } => expected,
                 Intent::Delete | Intent::Undelete => None,
             };
-            return Error::VersionConflict { table: T::TABLE.name, entity_id, expected, actual: None };
+            return Error::VersionConflict { table, entity_id, expected, actual: None };
+        }
+        let code = db.code();
+        if code.as_deref() == Some("55P03")
+            || (code.as_deref() == Some("57014") && db.message().contains("statement timeout"))
+        {
+            return Error::LockTimeout { table, entity_id };
         }
     }
     err.into()
