@@ -9,9 +9,9 @@
 //!    `valid_from = GREATEST(clock_timestamp(), latest.valid_from)`, and returns the appended row
 //!    with the latest version's number and tombstone, which explain a refusal (deleted, not
 //!    deleted, version moved) without another query;
-//! 3. the lock is held until the transaction ends: the statement's own (autocommit: one round
-//!    trip for a write through a pool), or the caller's, in which the write runs in a savepoint so
-//!    that a failure leaves that transaction usable;
+//! 3. the lock is held until the transaction ends: the statement runs in a transaction of its own
+//!    (`BEGIN`, the statement, `COMMIT`; see [`one_statement`] for why not autocommit), or in a
+//!    savepoint of the caller's, so that a failure leaves that transaction usable;
 //! 4. a unique violation on `(entity_id, version)` means another writer took the version number
 //!    first (a stale `REPEATABLE READ`/`SERIALIZABLE` snapshot, or a writer that bypassed the
 //!    lock): it is reported as [`Error::VersionConflict`], never written twice.
@@ -28,7 +28,7 @@ use crate::lock::lock_key;
 use crate::sql::latest_version_index;
 use crate::{Error, Immutable, Result, Versioned};
 
-/// Inserts a new entity at version 1: one statement.
+/// Inserts a new entity at version 1: one statement, in a transaction of its own.
 #[tracing::instrument(level = "debug", skip_all, fields(table = T::TABLE.name))]
 pub(crate) async fn insert<'c, T, A>(db: A, value: T) -> Result<Versioned<T>>
 where
@@ -162,22 +162,24 @@ fn append_args<T: Immutable>(entity_id: Uuid, expected: Option<i64>, value: &T) 
     Ok(args)
 }
 
-/// Runs one write statement: as is outside a transaction (it is its own transaction, one round
-/// trip), in a savepoint inside the caller's (so that a failure leaves it usable).
+/// Runs one write statement in a transaction of its own: `BEGIN` ... `COMMIT`, or a savepoint
+/// inside the caller's transaction (so that a failure leaves that transaction usable).
+///
+/// Not as a bare autocommit statement, although that would save two round trips: with sqlx
+/// 0.9.0 a `BEGIN` whose future is dropped mid-flight leaves the pooled connection inside a
+/// transaction that sqlx does not know about (launchbadge/sqlx#4393, transact-rs/sqlx#4393), and
+/// an autocommit write on that connection would be acknowledged and then never committed. An
+/// explicit `BEGIN` on such a connection only draws a warning, and the `COMMIT` makes the write
+/// durable. The reliability suite's `cancelled-writes` scenario caught this.
 async fn one_statement(
     conn: &mut PgConnection,
     sql: &'static str,
     args: PgArguments,
 ) -> sqlx::Result<Option<PgRow>> {
-    let query = sqlx::query_with(sql, args);
-    if conn.is_in_transaction() {
-        let mut savepoint = Connection::begin(&mut *conn).await?;
-        let row = query.fetch_optional(&mut *savepoint).await?;
-        savepoint.commit().await?;
-        Ok(row)
-    } else {
-        query.fetch_optional(conn).await
-    }
+    let mut tx = Connection::begin(&mut *conn).await?;
+    let row = sqlx::query_with(sql, args).fetch_optional(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(row)
 }
 
 /// The outcome of a write statement's row (see [`latest_version_index`]): the appended version,

@@ -372,7 +372,7 @@ fn expect_lock_timeout(verdict: &mut Verdict, outcome: &Outcome, id: Uuid, what:
 pub(crate) async fn cancelled_writes(env: Env) -> Result<Verdict, BoxError> {
     const TASKS: usize = 8;
     const ENTITIES: usize = 4;
-    let per_task = env.scaled(60);
+    let per_task = env.scaled(150);
     let mut verdict = Verdict::new(&format!(
         "{TASKS} tasks x {per_task} writes through a pool, each abandoned after 0-2x the recent latency: unknown outcomes only, \
          no lost ack, no entity left locked"
