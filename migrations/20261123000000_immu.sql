@@ -27,3 +27,26 @@ END
 $$;
 
 COMMENT ON FUNCTION immu.refuse_change() IS 'immu: refuses UPDATE, DELETE and TRUNCATE of a versioned table';
+
+-- Refuses any direct change of a projection table (`<table>_current`, one row per entity holding
+-- its latest version), which only the insert trigger of its versioned table writes. Attached as
+--   CREATE TRIGGER "immu_projection" BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON <table>_current
+--       FOR EACH STATEMENT EXECUTE FUNCTION immu.refuse_projection_change('<table>');
+-- A statement that trigger runs fires this one at trigger depth 2; a client's statement fires it at
+-- depth 1 and is refused with SQLSTATE IMMU1.
+CREATE OR REPLACE FUNCTION immu.refuse_projection_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_trigger_depth() > 1 THEN
+        RETURN NULL;
+    END IF;
+    RAISE EXCEPTION '% on "%" refused: the table is maintained by immu', TG_OP, TG_TABLE_NAME
+        USING ERRCODE = 'IMMU1',
+              SCHEMA = TG_TABLE_SCHEMA,
+              TABLE = TG_TABLE_NAME,
+              DETAIL = format('"%s"."%s" holds the latest version of each entity of "%s", kept in step by the trigger on that versioned table.', TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]),
+              HINT = 'Append a new version instead: insert, update, delete and undelete through immu add rows to the versioned table.';
+END
+$$;
+
+COMMENT ON FUNCTION immu.refuse_projection_change() IS 'immu: refuses direct changes of a projection table (<table>_current)';

@@ -217,6 +217,17 @@ impl Error {
     pub fn is_deleted(&self) -> bool {
         matches!(self, Error::Deleted { .. })
     }
+
+    /// Reports a missing projection table (`<table>_current`) of versioned table `table` as
+    /// `table` missing: both come from the same DDL, and the user knows the versioned one.
+    pub(crate) fn missing_projection_of(self, table: &'static str) -> Error {
+        match self {
+            Error::MissingTable { table: missing } if missing == crate::sql::current_table_name(table) => {
+                Error::MissingTable { table: table.to_owned() }
+            }
+            other => other,
+        }
+    }
 }
 
 impl From<sqlx::Error> for Error {

@@ -9,7 +9,7 @@ use futures_core::Stream;
 use futures_util::{StreamExt, TryStreamExt};
 use sea_query::extension::postgres::PgFunc;
 use sea_query::{
-    Condition, Expr, ExprTrait, IntoCondition, JoinType, Order, PostgresQueryBuilder, SelectStatement,
+    Alias, Condition, Expr, ExprTrait, IntoCondition, JoinType, Order, PostgresQueryBuilder, SelectStatement,
 };
 use sea_query_sqlx::SqlxBinder;
 use sqlx::postgres::PgRow;
@@ -43,8 +43,8 @@ pub enum Resolution {
 ///
 /// | call | versions | SQL, per row of the table |
 /// |------|----------|----------------------------|
-/// | `T::query()` | current, tombstoned entities hidden | `version = (SELECT MAX(version) of its entity) AND deleted_at IS NULL` |
-/// | `.as_of(t)` | current at `t`, deleted-at-`t` hidden | `valid_from <= t AND version = (its entity's latest version with valid_from <= t) AND deleted_at IS NULL` |
+/// | `T::query()` | current, tombstoned entities hidden | the entity's row in `<table>_current` (its highest version), `deleted_at IS NULL` |
+/// | `.as_of(t)` | current at `t`, deleted-at-`t` hidden | that row if its `valid_from <= t`, else the entity's latest version with `valid_from <= t`; `deleted_at IS NULL` |
 /// | `.with_deleted()` | the same, tombstones included (`is_deleted()`) | drops `deleted_at IS NULL` |
 /// | `.all_versions()` | every version (history), tombstones included | none; `.changed_between(a, b)` bounds `valid_from` |
 ///
@@ -60,14 +60,17 @@ pub enum Resolution {
 /// let current = Account::query().filter(Account::BALANCE.gt(100)).to_sql();
 /// assert_eq!(current, concat!(
 ///     r#"SELECT "accounts"."id", "accounts"."entity_id", "accounts"."version", "accounts"."valid_from", "accounts"."deleted_at", "accounts"."owner", "accounts"."balance" "#,
-///     r#"FROM "accounts" "#,
-///     r#"WHERE "accounts"."version" = (SELECT MAX("immu_v"."version") FROM "accounts" AS "immu_v" WHERE "immu_v"."entity_id" = "accounts"."entity_id") "#,
-///     r#"AND "accounts"."deleted_at" IS NULL AND "accounts"."balance" > $1"#,
+///     r#"FROM "accounts_current" AS "accounts" "#,
+///     r#"WHERE "accounts"."deleted_at" IS NULL AND "accounts"."balance" > $1"#,
 /// ));
 ///
 /// let t = chrono::Utc::now();
 /// let as_of = Account::query().as_of(t).filter(Account::BALANCE.gt(100)).to_sql();
-/// assert!(as_of.contains(r#"WHERE "accounts"."valid_from" <= $1 AND "accounts"."version" = (SELECT "immu_v"."version" FROM "accounts" AS "immu_v" WHERE "immu_v"."entity_id" = "accounts"."entity_id" AND "immu_v"."valid_from" <= $2 ORDER BY "immu_v"."valid_from" DESC, "immu_v"."version" DESC LIMIT $3)"#));
+/// // Entities unchanged since t: their current row...
+/// assert!(as_of.contains(r#"FROM "accounts_current" AS "immu_c" WHERE "immu_c"."valid_from" <= $1 UNION ALL"#));
+/// // ...the others: one probe of the history's primary key each.
+/// assert!(as_of.contains(r#"FROM "accounts" AS "immu_v" WHERE "immu_v"."entity_id" = "immu_c"."entity_id" AND "immu_v"."valid_from" <= $2 ORDER BY "immu_v"."valid_from" DESC, "immu_v"."version" DESC LIMIT $3"#));
+/// assert!(as_of.ends_with(r#") AS "accounts" WHERE "accounts"."deleted_at" IS NULL AND "accounts"."balance" > $5"#));
 ///
 /// let history = Account::query().all_versions().changed_between(t, t).to_sql();
 /// assert!(history.ends_with(r#"FROM "accounts" WHERE "accounts"."valid_from" >= $1 AND "accounts"."valid_from" < $2 ORDER BY "accounts"."entity_id" ASC, "accounts"."version" ASC"#));
@@ -93,6 +96,7 @@ pub enum Resolution {
 pub struct Query<T> {
     resolution: Resolution,
     deleted: bool,
+    from_history: bool,
     changed_from: Option<DateTime<Utc>>,
     changed_until: Option<DateTime<Utc>>,
     filter: Condition,
@@ -107,6 +111,7 @@ impl<T> Clone for Query<T> {
         Query {
             resolution: self.resolution,
             deleted: self.deleted,
+            from_history: self.from_history,
             changed_from: self.changed_from,
             changed_until: self.changed_until,
             filter: self.filter.clone(),
@@ -135,6 +140,7 @@ impl<T: Immutable> Default for Query<T> {
         Query {
             resolution: Resolution::Current,
             deleted: false,
+            from_history: false,
             changed_from: None,
             changed_until: None,
             filter: Condition::all(),
@@ -206,6 +212,22 @@ impl<T: Immutable> Query<T> {
     /// ```
     pub fn all_versions(mut self) -> Self {
         self.resolution = Resolution::AllVersions;
+        self
+    }
+
+    /// Resolves from the history alone, with the canonical shapes (`MAX(version)` for current,
+    /// the latest `valid_from` at or before the instant for as-of) instead of the
+    /// `<table>_current` projection: the same rows, read from every version. For audits of the
+    /// projection; slower in proportion to the history's length.
+    ///
+    /// ```
+    /// # use immu_core::Immutable;
+    /// # #[derive(Immutable)] #[immu(table = "accounts")] struct Account { owner: String, balance: i64 }
+    /// assert!(Account::query().to_sql().contains(r#"FROM "accounts_current" AS "accounts""#));
+    /// assert!(Account::query().from_history().to_sql().contains(r#"SELECT MAX("immu_v"."version")"#));
+    /// ```
+    pub fn from_history(mut self) -> Self {
+        self.from_history = true;
         self
     }
 
@@ -324,7 +346,7 @@ impl<T: Immutable> Query<T> {
     where
         E: Executor<'e, Database = Postgres> + 'e,
     {
-        run(self.statement(), db).map(|row| Ok(Versioned::decode_at(&row?, 0)?))
+        run(self.statement(), [T::TABLE.name; 2], db).map(|row| Ok(Versioned::decode_at(&row?, 0)?))
     }
 
     /// All resolved versions.
@@ -355,7 +377,7 @@ impl<T: Immutable> Query<T> {
     where
         E: Executor<'e, Database = Postgres> + 'e,
     {
-        count(self.statement(), db)
+        count(self.statement(), [T::TABLE.name; 2], db)
     }
 
     /// Whether [`fetch_all`](Self::fetch_all) would return any row.
@@ -363,14 +385,14 @@ impl<T: Immutable> Query<T> {
     where
         E: Executor<'e, Database = Postgres> + 'e,
     {
-        exists(self.statement(), db)
+        exists(self.statement(), [T::TABLE.name; 2], db)
     }
 
     fn statement(&self) -> SelectStatement {
         let table = &T::TABLE;
         let mut select = sea_query::Query::select();
-        select.exprs(qualified(table)).from(table.name);
-        self.scope(&mut select, table, self.at(None));
+        select.exprs(qualified(table));
+        self.select_from(&mut select, table);
         self.finish(&mut select, table);
         select
     }
@@ -381,26 +403,34 @@ impl<T: Immutable> Query<T> {
         match self.resolution {
             Resolution::Current => Some(At::Current),
             Resolution::AsOf(at) => Some(At::Instant(Expr::val(crate::sql::pg_instant(at)))),
-            Resolution::AllVersions => outer_valid_from.map(At::Instant),
+            Resolution::AllVersions => outer_valid_from.map(At::RowInstant),
         }
     }
 
-    /// Adds the resolution condition of `table` (None: every version).
-    fn scope(&self, select: &mut SelectStatement, table: &TableDef, at: Option<At>) {
-        match at {
-            Some(at) => {
-                select.cond_where(resolve::resolved(table, at, self.deleted));
+    /// Where the resolved rows of `table` come from (None: every version, from the history).
+    fn source(&self, table: &TableDef, at: Option<At>) -> Option<resolve::Source> {
+        at.map(|at| resolve::source(table, at, self.deleted, self.from_history))
+    }
+
+    /// Reads this query's rows of `table`, named by the table's name: its resolved rows, or in
+    /// history mode every version (bounded by [`changed_between`](Self::changed_between)).
+    fn select_from(&self, select: &mut SelectStatement, table: &TableDef) {
+        let Some(source) = self.source(table, self.at(None)) else {
+            select.from(table.name);
+            let valid_from = || Expr::col((table.name, VALID_FROM));
+            if let Some(from) = self.changed_from {
+                select.and_where(valid_from().gte(crate::sql::pg_instant(from)));
             }
-            None => {
-                let valid_from = || Expr::col((table.name, VALID_FROM));
-                if let Some(from) = self.changed_from {
-                    select.and_where(valid_from().gte(crate::sql::pg_instant(from)));
-                }
-                if let Some(until) = self.changed_until {
-                    select.and_where(valid_from().lt(crate::sql::pg_instant(until)));
-                }
+            if let Some(until) = self.changed_until {
+                select.and_where(valid_from().lt(crate::sql::pg_instant(until)));
             }
-        }
+            return;
+        };
+        match source.from {
+            resolve::From::Table(name) => select.from_as(Alias::new(name), table.name),
+            resolve::From::Subquery(query) => select.from_subquery(*query, table.name),
+        };
+        select.cond_where(source.condition);
     }
 
     /// Adds the user's filter, order, limit and offset.
@@ -489,7 +519,7 @@ impl<T: Immutable, U: Immutable> Join<T, U> {
         E: Executor<'e, Database = Postgres> + 'e,
     {
         let second = crate::RESERVED_COLUMNS.len() + T::TABLE.columns.len();
-        run(self.statement(), db).map(move |row| {
+        run(self.statement(), [T::TABLE.name, U::TABLE.name], db).map(move |row| {
             let row = row?;
             Ok((Versioned::decode_at(&row, 0)?, Versioned::decode_at(&row, second)?))
         })
@@ -511,7 +541,7 @@ impl<T: Immutable, U: Immutable> Join<T, U> {
     where
         E: Executor<'e, Database = Postgres> + 'e,
     {
-        count(self.statement(), db)
+        count(self.statement(), [T::TABLE.name, U::TABLE.name], db)
     }
 
     /// Whether any pair matches.
@@ -519,23 +549,27 @@ impl<T: Immutable, U: Immutable> Join<T, U> {
     where
         E: Executor<'e, Database = Postgres> + 'e,
     {
-        exists(self.statement(), db)
+        exists(self.statement(), [T::TABLE.name, U::TABLE.name], db)
     }
 
     fn statement(&self) -> SelectStatement {
         let (left, right) = (&T::TABLE, &U::TABLE);
         let query = &self.left;
         let mut select = sea_query::Query::select();
-        select.exprs(qualified(left).chain(qualified(right))).from(left.name).join(
-            JoinType::InnerJoin,
-            right.name,
-            Expr::col((right.name, ENTITY_ID)).equals((left.name, self.on.name())),
-        );
-        query.scope(&mut select, left, query.at(None));
+        select.exprs(qualified(left).chain(qualified(right)));
+        query.select_from(&mut select, left);
         let right_at = query
             .at(Some(Expr::col((left.name, VALID_FROM))))
             .expect("a join always resolves the joined table");
-        query.scope(&mut select, right, Some(right_at));
+        let source = query.source(right, Some(right_at)).expect("resolved");
+        let on = Expr::col((right.name, ENTITY_ID)).equals((left.name, self.on.name()));
+        match source.from {
+            resolve::From::Table(name) => {
+                select.join_as(JoinType::InnerJoin, Alias::new(name), right.name, on)
+            }
+            resolve::From::Subquery(q) => select.join_subquery(JoinType::InnerJoin, *q, right.name, on),
+        };
+        select.cond_where(source.condition);
         query.finish(&mut select, left);
         select
     }
@@ -546,41 +580,59 @@ fn qualified(table: &TableDef) -> impl Iterator<Item = Expr> + '_ {
     all_columns(table).map(|c| Expr::col((table.name, c)))
 }
 
-/// Runs a select built with sea-query; the one place a rendered statement meets sqlx.
-pub(crate) fn run<'e, E>(select: SelectStatement, db: E) -> impl Stream<Item = Result<PgRow>> + Send + 'e
+/// The versioned tables a statement reads (twice the same for a single-table query).
+type Tables = [&'static str; 2];
+
+/// Runs a select built with sea-query over `tables`; the one place a rendered statement meets
+/// sqlx.
+pub(crate) fn run<'e, E>(
+    select: SelectStatement,
+    tables: Tables,
+    db: E,
+) -> impl Stream<Item = Result<PgRow>> + Send + 'e
 where
     E: Executor<'e, Database = Postgres> + 'e,
 {
     let (sql, values) = select.build_sqlx(PostgresQueryBuilder);
     tracing::trace!(sql, "immu query");
     // The SQL is rendered by sea-query from validated identifiers; values are bound.
-    sqlx::query_with(sqlx::AssertSqlSafe(sql), values).fetch(db).map_err(Error::from)
+    sqlx::query_with(sqlx::AssertSqlSafe(sql), values)
+        .fetch(db)
+        .map_err(move |e| tables.iter().fold(Error::from(e), |e, table| e.missing_projection_of(table)))
 }
 
-fn count<'e, E>(select: SelectStatement, db: E) -> impl Future<Output = Result<i64>> + Send + 'e
+fn count<'e, E>(
+    select: SelectStatement,
+    tables: Tables,
+    db: E,
+) -> impl Future<Output = Result<i64>> + Send + 'e
 where
     E: Executor<'e, Database = Postgres> + 'e,
 {
     let mut outer = sea_query::Query::select();
     outer.expr(Expr::cust("count(*)")).from_subquery(select, "immu_q");
-    scalar(outer, db)
+    scalar(outer, tables, db)
 }
 
-fn exists<'e, E>(select: SelectStatement, db: E) -> impl Future<Output = Result<bool>> + Send + 'e
+fn exists<'e, E>(
+    select: SelectStatement,
+    tables: Tables,
+    db: E,
+) -> impl Future<Output = Result<bool>> + Send + 'e
 where
     E: Executor<'e, Database = Postgres> + 'e,
 {
     let mut outer = sea_query::Query::select();
     outer.expr(Expr::exists(select));
-    scalar(outer, db)
+    scalar(outer, tables, db)
 }
 
-async fn scalar<'e, E, V>(select: SelectStatement, db: E) -> Result<V>
+async fn scalar<'e, E, V>(select: SelectStatement, tables: Tables, db: E) -> Result<V>
 where
     E: Executor<'e, Database = Postgres> + 'e,
     V: for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres> + Send + Unpin + 'e,
 {
-    let mut rows = std::pin::pin!(run(select, db));
+    let mut rows = std::pin::pin!(run(select, tables, db));
     let row = rows.try_next().await?.ok_or(Error::Database(sqlx::Error::RowNotFound))?;
     Ok(row.try_get(0)?)
 }

@@ -15,7 +15,11 @@ where
     T: Immutable,
     E: Executor<'c, Database = Postgres>,
 {
-    let row = sqlx::query(T::__sql().current.as_str()).bind(entity_id).fetch_optional(db).await?;
+    let row = sqlx::query(T::__sql().current.as_str())
+        .bind(entity_id)
+        .fetch_optional(db)
+        .await
+        .map_err(|e| Error::from(e).missing_projection_of(T::TABLE.name))?;
     live(row, entity_id)
 }
 

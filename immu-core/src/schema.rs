@@ -119,11 +119,17 @@ pub fn validate_table(table: &TableDef) -> Result<()> {
     Ok(())
 }
 
-/// The DDL of `T`'s versioned table: the identity table (one row per entity, the target of
-/// foreign keys), the versioned table with the reserved columns, the entity's own columns (types
-/// from [`ColumnType`] or `#[immu(sql_type)]`), the constraints, foreign keys for
-/// `#[immu(references = ...)]`, the index as-of reads need, and the triggers that make both
-/// tables append-only in the database.
+/// The DDL of `T`'s versioned table: the history table with the reserved columns, the entity's
+/// own columns (types from [`ColumnType`] or `#[immu(sql_type)]`), the constraints and foreign
+/// keys for `#[immu(references = ...)]`; the projection table `<table>_current` (each entity's
+/// latest version: what current reads and lists scan, the target of foreign keys); the trigger
+/// that checks each inserted version and keeps the projection in step; the triggers that refuse
+/// any other change of either table in the database; and the write path's lock-and-read function.
+///
+/// Each version costs one heap row and one entry in one index, the primary key
+/// `(entity_id, valid_from, version)`, which serves as-of reads at any depth of history and
+/// version lookups. `id` has no index: add `CREATE UNIQUE INDEX ... ("id")` if you look
+/// versions up by it.
 ///
 /// Paste it into a migration that runs after immu's own ([`MIGRATOR`](crate::MIGRATOR), which
 /// creates `immu.refuse_change()`).
@@ -139,7 +145,7 @@ pub fn validate_table(table: &TableDef) -> Result<()> {
 /// }
 ///
 /// let ddl = immu_core::schema::create_table::<Account>().unwrap();
-/// assert!(ddl.contains(r#"CONSTRAINT "accounts_pkey" PRIMARY KEY ("entity_id", "version")"#));
+/// assert!(ddl.contains(r#"CONSTRAINT "accounts_pkey" PRIMARY KEY ("entity_id", "valid_from", "version")"#));
 /// # // The text below is this file, which the test suite also checks against the database.
 /// # assert_eq!(ddl, include_str!("../../tests/migrations/20261123000100_accounts.sql"));
 /// println!("{ddl}");
@@ -152,17 +158,8 @@ pub fn validate_table(table: &TableDef) -> Result<()> {
 /// -- History is append-only: the triggers below refuse UPDATE, DELETE and TRUNCATE, and any
 /// -- inserted version that would skip or repeat a number or go back in time.
 ///
-/// -- One row per entity, written when its version 1 is: the target of foreign keys to it.
-/// CREATE TABLE "accounts_entities" (
-///     "entity_id" uuid NOT NULL,
-///     CONSTRAINT "accounts_entities_pkey" PRIMARY KEY ("entity_id")
-/// );
-/// CREATE TRIGGER "immu_append_only"
-///     BEFORE UPDATE OR DELETE OR TRUNCATE ON "accounts_entities"
-///     FOR EACH STATEMENT EXECUTE FUNCTION immu.refuse_change();
-/// ALTER TABLE "accounts_entities" ENABLE ALWAYS TRIGGER "immu_append_only";
-///
-/// -- Every version of every entity.
+/// -- Every version of every entity. The primary key is also the as-of index: valid_from never
+/// -- decreases along an entity's versions, so it orders them like version does.
 /// CREATE TABLE "accounts" (
 ///     "id"         uuid        NOT NULL,
 ///     "entity_id"  uuid        NOT NULL,
@@ -171,40 +168,60 @@ pub fn validate_table(table: &TableDef) -> Result<()> {
 ///     "deleted_at" timestamptz,
 ///     "owner"      text        NOT NULL,
 ///     "balance"    bigint      NOT NULL,
-///     CONSTRAINT "accounts_pkey" PRIMARY KEY ("entity_id", "version"),
-///     CONSTRAINT "accounts_id_key" UNIQUE ("id"),
+///     CONSTRAINT "accounts_pkey" PRIMARY KEY ("entity_id", "valid_from", "version"),
 ///     CONSTRAINT "immu_version_positive" CHECK ("version" >= 1),
 ///     CONSTRAINT "immu_valid_from_in_range" CHECK (isfinite("valid_from") AND "valid_from" < '262143-01-01 00:00:00+00'),
 ///     CONSTRAINT "immu_tombstone_at_valid_from" CHECK ("deleted_at" IS NULL OR "deleted_at" = "valid_from")
 /// );
-/// CREATE INDEX "accounts_as_of_idx" ON "accounts" ("entity_id", "valid_from", "version");
 /// CREATE TRIGGER "immu_append_only"
 ///     BEFORE UPDATE OR DELETE OR TRUNCATE ON "accounts"
 ///     FOR EACH STATEMENT EXECUTE FUNCTION immu.refuse_change();
 /// ALTER TABLE "accounts" ENABLE ALWAYS TRIGGER "immu_append_only";
 ///
-/// -- Checks each inserted version against the entity's latest (SQLSTATE IMMU2) and registers the
-/// -- entity's identity with its version 1.
+/// -- The latest version of each entity (tombstones included), kept in step by the trigger below and
+/// -- writable by nothing else: what current reads and lists scan, and the target of foreign keys.
+/// CREATE TABLE "accounts_current" (
+///     "id"         uuid        NOT NULL,
+///     "entity_id"  uuid        NOT NULL,
+///     "version"    bigint      NOT NULL,
+///     "valid_from" timestamptz NOT NULL,
+///     "deleted_at" timestamptz,
+///     "owner"      text        NOT NULL,
+///     "balance"    bigint      NOT NULL,
+///     CONSTRAINT "accounts_current_pkey" PRIMARY KEY ("entity_id")
+/// ) WITH (fillfactor = 90);
+/// CREATE TRIGGER "immu_projection"
+///     BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON "accounts_current"
+///     FOR EACH STATEMENT EXECUTE FUNCTION immu.refuse_projection_change('accounts');
+/// ALTER TABLE "accounts_current" ENABLE ALWAYS TRIGGER "immu_projection";
+///
+/// -- Checks each inserted version against the entity's latest (SQLSTATE IMMU2) and makes it the
+/// -- latest: version 1 adds the entity's row to accounts_current, version n replaces version n - 1
+/// -- there. The row lock of that update orders concurrent writers of one entity, so a version is
+/// -- never stored twice, even by a writer that bypassed the advisory lock.
 /// CREATE FUNCTION "accounts_immu_check"() RETURNS trigger
 /// LANGUAGE plpgsql AS $$
 /// DECLARE
 ///     latest_version bigint;
 ///     latest_valid_from timestamptz;
 /// BEGIN
-///     SELECT "version", "valid_from" FROM "accounts" WHERE "entity_id" = NEW."entity_id" ORDER BY "version" DESC LIMIT 1
-///         INTO latest_version, latest_valid_from;
-///     IF NEW."version" <> COALESCE(latest_version, 0) + 1 THEN
-///         RAISE EXCEPTION 'version % of entity % would skip or repeat a version: its latest version is %',
-///             NEW."version", NEW."entity_id", COALESCE(latest_version, 0)
-///             USING ERRCODE = 'IMMU2', SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
+///     IF NEW."version" = 1 THEN
+///         INSERT INTO "accounts_current" VALUES (NEW.*) ON CONFLICT DO NOTHING;
+///     ELSE
+///         UPDATE "accounts_current" SET ("id", "entity_id", "version", "valid_from", "deleted_at", "owner", "balance") = (NEW."id", NEW."entity_id", NEW."version", NEW."valid_from", NEW."deleted_at", NEW."owner", NEW."balance")
+///             WHERE "entity_id" = NEW."entity_id" AND "version" = NEW."version" - 1 AND "valid_from" <= NEW."valid_from";
 ///     END IF;
-///     IF NEW."valid_from" < latest_valid_from THEN
+///     IF NOT FOUND THEN
+///         SELECT "version", "valid_from" FROM "accounts_current" WHERE "entity_id" = NEW."entity_id"
+///             INTO latest_version, latest_valid_from;
+///         IF NEW."version" <> COALESCE(latest_version, 0) + 1 THEN
+///             RAISE EXCEPTION 'version % of entity % would skip or repeat a version: its latest version is %',
+///                 NEW."version", NEW."entity_id", COALESCE(latest_version, 0)
+///                 USING ERRCODE = 'IMMU2', SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
+///         END IF;
 ///         RAISE EXCEPTION 'version % of entity % is valid from %, before version % (valid from %)',
 ///             NEW."version", NEW."entity_id", NEW."valid_from", latest_version, latest_valid_from
 ///             USING ERRCODE = 'IMMU2', SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
-///     END IF;
-///     IF NEW."version" = 1 THEN
-///         INSERT INTO "accounts_entities" ("entity_id") VALUES (NEW."entity_id") ON CONFLICT DO NOTHING;
 ///     END IF;
 ///     RETURN NEW;
 /// END
@@ -217,11 +234,11 @@ pub fn validate_table(table: &TableDef) -> Result<()> {
 /// -- The write path's first step, in one call: takes the write lock of entity $1 (the advisory lock
 /// -- whose key $2 immu_core::lock_key computes) and returns the entity's latest version, read after
 /// -- the lock in a statement of its own.
-/// CREATE FUNCTION "accounts_immu_latest"(uuid, bigint) RETURNS SETOF "accounts"
+/// CREATE FUNCTION "accounts_immu_latest"(uuid, bigint) RETURNS SETOF "accounts_current"
 /// LANGUAGE plpgsql AS $$
 /// BEGIN
 ///     PERFORM pg_advisory_xact_lock($2);
-///     RETURN QUERY SELECT * FROM "accounts" WHERE "entity_id" = $1 ORDER BY "version" DESC LIMIT 1;
+///     RETURN QUERY SELECT * FROM "accounts_current" WHERE "entity_id" = $1;
 /// END
 /// $$;
 /// ```
@@ -245,7 +262,7 @@ pub fn create_table_for(table: &TableDef) -> Result<String> {
     let name_width = columns.iter().map(|(n, _, _)| n.len()).max().unwrap_or(0);
     let type_width = columns.iter().filter(|c| !c.2).map(|(_, ty, _)| ty.len()).max().unwrap_or(0);
 
-    let mut lines: Vec<String> = columns
+    let column_lines: Vec<String> = columns
         .iter()
         .map(|(name, ty, nullable)| {
             if *nullable {
@@ -256,9 +273,13 @@ pub fn create_table_for(table: &TableDef) -> Result<String> {
         })
         .collect();
     let name = table.name;
+    let current = crate::sql::current_table_name(name);
+    let mut current_lines = column_lines.clone();
+    current_lines
+        .push(format!(r#"    CONSTRAINT {} PRIMARY KEY ("entity_id")"#, quote(&format!("{current}_pkey"))));
+    let mut lines = column_lines;
     lines.extend([
-        format!(r#"    CONSTRAINT "{name}_pkey" PRIMARY KEY ("entity_id", "version")"#),
-        format!(r#"    CONSTRAINT "{name}_id_key" UNIQUE ("id")"#),
+        format!(r#"    CONSTRAINT "{name}_pkey" PRIMARY KEY ("entity_id", "valid_from", "version")"#),
         r#"    CONSTRAINT "immu_version_positive" CHECK ("version" >= 1)"#.to_owned(),
         // Finite, and within what chrono (so every Rust reader) can represent.
         r#"    CONSTRAINT "immu_valid_from_in_range" CHECK (isfinite("valid_from") AND "valid_from" < '262143-01-01 00:00:00+00')"#.to_owned(),
@@ -274,82 +295,78 @@ pub fn create_table_for(table: &TableDef) -> Result<String> {
                 "    CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} (\"entity_id\")",
                 quote(&constraint),
                 quote(column.name),
-                quote(&crate::sql::identity_table_name(target)),
+                quote(&crate::sql::current_table_name(target)),
             ));
         }
     }
+    let all = crate::sql::all_columns(table);
     let ddl = DDL_TEMPLATE
         .replace("@RUST@", table.rust_name)
-        .replace("@IDENTITY@", &quote(&crate::sql::identity_table_name(name)))
-        .replace("@IDENTITY_PKEY@", &quote(&format!("{name}_entities_pkey")))
+        .replace("@TABLE_LITERAL@", &format!("'{name}'"))
         .replace("@TABLE@", &quote(name))
-        .replace("@AS_OF_IDX@", &quote(&format!("{name}_as_of_idx")))
+        .replace("@CURRENT_TEXT@", &current)
+        .replace("@CURRENT_COLUMNS@", &current_lines.join(",\n"))
+        .replace("@CURRENT@", &quote(&current))
         .replace("@CHECK_FN@", &quote(&format!("{name}_immu_check")))
-        .replace("@CHECK_QUERY@", &latest_query(table, Some([VERSION, VALID_FROM]), r#"NEW."entity_id""#))
         .replace("@LATEST_FN@", &quote(&crate::sql::latest_function_name(name)))
-        .replace("@LATEST_QUERY@", &latest_query(table, None::<[&str; 0]>, "$1"))
+        .replace("@ALL@", &all.clone().map(quote).collect::<Vec<_>>().join(", "))
+        .replace("@NEW_ALL@", &all.map(|c| format!("NEW.{}", quote(c))).collect::<Vec<_>>().join(", "))
         .replace("@COLUMNS@", &lines.join(",\n"));
     Ok(ddl)
 }
 
-/// The query that reads an entity's latest version ([`resolve::latest`](crate::resolve)), for the
-/// functions of the DDL; `entity` is the SQL expression of the entity id.
-fn latest_query<I>(table: &TableDef, columns: Option<I>, entity: &'static str) -> String
-where
-    I: IntoIterator<Item = &'static str>,
-{
-    let entity = sea_query::Expr::Keyword(sea_query::Keyword::Custom(entity.into()));
-    crate::resolve::latest(table, None, columns, entity, crate::resolve::At::Current)
-        .to_string(sea_query::PostgresQueryBuilder)
-}
-
-/// The DDL of a versioned table; `@NAME@`s are replaced by quoted identifiers or queries.
+/// The DDL of a versioned table; `@NAME@`s are replaced by quoted identifiers or lists.
 const DDL_TEMPLATE: &str = r#"-- Versioned table of `@RUST@`, generated by immu_core::schema::create_table.
 -- History is append-only: the triggers below refuse UPDATE, DELETE and TRUNCATE, and any
 -- inserted version that would skip or repeat a number or go back in time.
 
--- One row per entity, written when its version 1 is: the target of foreign keys to it.
-CREATE TABLE @IDENTITY@ (
-    "entity_id" uuid NOT NULL,
-    CONSTRAINT @IDENTITY_PKEY@ PRIMARY KEY ("entity_id")
-);
-CREATE TRIGGER "immu_append_only"
-    BEFORE UPDATE OR DELETE OR TRUNCATE ON @IDENTITY@
-    FOR EACH STATEMENT EXECUTE FUNCTION immu.refuse_change();
-ALTER TABLE @IDENTITY@ ENABLE ALWAYS TRIGGER "immu_append_only";
-
--- Every version of every entity.
+-- Every version of every entity. The primary key is also the as-of index: valid_from never
+-- decreases along an entity's versions, so it orders them like version does.
 CREATE TABLE @TABLE@ (
 @COLUMNS@
 );
-CREATE INDEX @AS_OF_IDX@ ON @TABLE@ ("entity_id", "valid_from", "version");
 CREATE TRIGGER "immu_append_only"
     BEFORE UPDATE OR DELETE OR TRUNCATE ON @TABLE@
     FOR EACH STATEMENT EXECUTE FUNCTION immu.refuse_change();
 ALTER TABLE @TABLE@ ENABLE ALWAYS TRIGGER "immu_append_only";
 
--- Checks each inserted version against the entity's latest (SQLSTATE IMMU2) and registers the
--- entity's identity with its version 1.
+-- The latest version of each entity (tombstones included), kept in step by the trigger below and
+-- writable by nothing else: what current reads and lists scan, and the target of foreign keys.
+CREATE TABLE @CURRENT@ (
+@CURRENT_COLUMNS@
+) WITH (fillfactor = 90);
+CREATE TRIGGER "immu_projection"
+    BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON @CURRENT@
+    FOR EACH STATEMENT EXECUTE FUNCTION immu.refuse_projection_change(@TABLE_LITERAL@);
+ALTER TABLE @CURRENT@ ENABLE ALWAYS TRIGGER "immu_projection";
+
+-- Checks each inserted version against the entity's latest (SQLSTATE IMMU2) and makes it the
+-- latest: version 1 adds the entity's row to @CURRENT_TEXT@, version n replaces version n - 1
+-- there. The row lock of that update orders concurrent writers of one entity, so a version is
+-- never stored twice, even by a writer that bypassed the advisory lock.
 CREATE FUNCTION @CHECK_FN@() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     latest_version bigint;
     latest_valid_from timestamptz;
 BEGIN
-    @CHECK_QUERY@
-        INTO latest_version, latest_valid_from;
-    IF NEW."version" <> COALESCE(latest_version, 0) + 1 THEN
-        RAISE EXCEPTION 'version % of entity % would skip or repeat a version: its latest version is %',
-            NEW."version", NEW."entity_id", COALESCE(latest_version, 0)
-            USING ERRCODE = 'IMMU2', SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
+    IF NEW."version" = 1 THEN
+        INSERT INTO @CURRENT@ VALUES (NEW.*) ON CONFLICT DO NOTHING;
+    ELSE
+        UPDATE @CURRENT@ SET (@ALL@) = (@NEW_ALL@)
+            WHERE "entity_id" = NEW."entity_id" AND "version" = NEW."version" - 1 AND "valid_from" <= NEW."valid_from";
     END IF;
-    IF NEW."valid_from" < latest_valid_from THEN
+    IF NOT FOUND THEN
+        SELECT "version", "valid_from" FROM @CURRENT@ WHERE "entity_id" = NEW."entity_id"
+            INTO latest_version, latest_valid_from;
+        IF NEW."version" <> COALESCE(latest_version, 0) + 1 THEN
+            RAISE EXCEPTION 'version % of entity % would skip or repeat a version: its latest version is %',
+                NEW."version", NEW."entity_id", COALESCE(latest_version, 0)
+                USING ERRCODE = 'IMMU2', SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
+        END IF;
         RAISE EXCEPTION 'version % of entity % is valid from %, before version % (valid from %)',
             NEW."version", NEW."entity_id", NEW."valid_from", latest_version, latest_valid_from
             USING ERRCODE = 'IMMU2', SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
-    END IF;
-    IF NEW."version" = 1 THEN
-        INSERT INTO @IDENTITY@ ("entity_id") VALUES (NEW."entity_id") ON CONFLICT DO NOTHING;
     END IF;
     RETURN NEW;
 END
@@ -362,11 +379,11 @@ ALTER TABLE @TABLE@ ENABLE ALWAYS TRIGGER "immu_check_insert";
 -- The write path's first step, in one call: takes the write lock of entity $1 (the advisory lock
 -- whose key $2 immu_core::lock_key computes) and returns the entity's latest version, read after
 -- the lock in a statement of its own.
-CREATE FUNCTION @LATEST_FN@(uuid, bigint) RETURNS SETOF @TABLE@
+CREATE FUNCTION @LATEST_FN@(uuid, bigint) RETURNS SETOF @CURRENT@
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock($2);
-    RETURN QUERY @LATEST_QUERY@;
+    RETURN QUERY SELECT * FROM @CURRENT@ WHERE "entity_id" = $1;
 END
 $$;
 "#;

@@ -107,10 +107,12 @@ impl Sql {
             .columns(all())
             .from(table.name)
             .and_where(Expr::col(ENTITY_ID).eq(param(1)))
+            // The primary key's order, which is the version order (valid_from never decreases).
+            .order_by(VALID_FROM, Order::Asc)
             .order_by(VERSION, Order::Asc);
 
         let insert = {
-            // The table's insert check registers the entity's identity row with version 1.
+            // The table's insert check adds the entity to the projection table.
             let values =
                 [param(1), param(2), Expr::val(1i64), Expr::cust("clock_timestamp()"), Expr::cust("NULL")]
                     .into_iter()
@@ -179,7 +181,7 @@ impl Sql {
         };
 
         Sql {
-            current: render(&resolve::latest(table, None, Some(all()), param(1), At::Current)),
+            current: render(&resolve::current(table, all(), param(1))),
             as_of: render(&resolve::latest(table, None, Some(all()), param(1), At::Instant(param(2)))),
             version: render(&version),
             history: render(&history),
@@ -238,9 +240,10 @@ pub(crate) fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// The name of the identity table of `table`: one row per entity, the target of foreign keys.
-pub(crate) fn identity_table_name(table: &str) -> String {
-    format!("{table}_entities")
+/// The name of the projection table of `table`: the latest version of each entity, the target of
+/// foreign keys.
+pub(crate) fn current_table_name(table: &str) -> String {
+    format!("{table}_current")
 }
 
 /// Every column of the table: the reserved ones, then the entity's own.
@@ -281,7 +284,7 @@ mod tests {
         let sql = Sql::new(&ACCOUNTS);
         assert_eq!(
             sql.current,
-            r#"SELECT "id", "entity_id", "version", "valid_from", "deleted_at", "owner", "order" FROM "accounts" WHERE "entity_id" = $1 ORDER BY "version" DESC LIMIT 1"#
+            r#"SELECT "id", "entity_id", "version", "valid_from", "deleted_at", "owner", "order" FROM "accounts_current" WHERE "entity_id" = $1"#
         );
     }
 }

@@ -12,9 +12,10 @@
 //! 3. the lock is held until the transaction ends: the statement runs in a transaction of its own
 //!    (`BEGIN`, the statement, `COMMIT`; see [`one_statement`] for why not autocommit), or in a
 //!    savepoint of the caller's, so that a failure leaves that transaction usable;
-//! 4. a unique violation on `(entity_id, version)` means another writer took the version number
-//!    first (a stale `REPEATABLE READ`/`SERIALIZABLE` snapshot, or a writer that bypassed the
-//!    lock): it is reported as [`Error::VersionConflict`], never written twice.
+//! 4. the table's insert trigger makes the new version the entity's row in `<table>_current`,
+//!    replacing the version it follows; if another writer took the version number first (a stale
+//!    `REPEATABLE READ`/`SERIALIZABLE` snapshot, or a writer that bypassed the lock), that fails
+//!    and is reported as [`Error::VersionConflict`]: a version is never written twice.
 //!
 //! Read-modify-write takes the lock and reads with the same function, runs the closure, and
 //! appends expecting the version it read, in one transaction.
@@ -212,21 +213,33 @@ fn written<T: Immutable>(row: Option<PgRow>, entity_id: Uuid, intent: Intent) ->
     })
 }
 
-/// Maps a write statement's failure: a unique violation on the table's primary key
-/// `(entity_id, version)` is a version conflict, a lock wait cut short by `lock_timeout` or
+/// Maps a write statement's failure. Another writer took the version number first when:
+///
+/// * the projection row the insert trigger replaces was changed by a transaction that committed
+///   after this one's `REPEATABLE READ`/`SERIALIZABLE` snapshot (SQLSTATE 40001, "could not
+///   serialize access due to concurrent update"): the stale snapshot showed an old latest version;
+/// * the trigger found the version taken (IMMU2, "would skip or repeat a version"), which only a
+///   writer that bypassed the advisory lock can cause;
+/// * a unique violation on the table's primary key;
+///
+/// and each is [`Error::VersionConflict`]. A lock wait cut short by `lock_timeout` or
 /// `statement_timeout` is [`Error::LockTimeout`]; anything else converts as usual.
 fn write_error<T: Immutable>(err: sqlx::Error, entity_id: Uuid, intent: Intent) -> Error {
     if let sqlx::Error::Database(db) = &err {
         let table = T::TABLE.name;
+        let code = db.code();
         let pkey = db.constraint().is_some_and(|c| c.strip_suffix("_pkey") == Some(table));
-        if db.is_unique_violation() && pkey {
+        let taken = (db.is_unique_violation() && pkey)
+            || (code.as_deref() == Some("40001") && db.message().contains("concurrent update"))
+            || (code.as_deref() == Some(crate::error::INVALID_HISTORY_SQLSTATE)
+                && db.message().contains("skip or repeat"));
+        if taken {
             let expected = match intent {
                 Intent::Update { expected } => expected,
                 Intent::Delete | Intent::Undelete => None,
             };
             return Error::VersionConflict { table, entity_id, expected, actual: None };
         }
-        let code = db.code();
         if code.as_deref() == Some("55P03")
             || (code.as_deref() == Some("57014") && db.message().contains("statement timeout"))
         {

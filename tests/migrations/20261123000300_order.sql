@@ -2,17 +2,8 @@
 -- History is append-only: the triggers below refuse UPDATE, DELETE and TRUNCATE, and any
 -- inserted version that would skip or repeat a number or go back in time.
 
--- One row per entity, written when its version 1 is: the target of foreign keys to it.
-CREATE TABLE "order_entities" (
-    "entity_id" uuid NOT NULL,
-    CONSTRAINT "order_entities_pkey" PRIMARY KEY ("entity_id")
-);
-CREATE TRIGGER "immu_append_only"
-    BEFORE UPDATE OR DELETE OR TRUNCATE ON "order_entities"
-    FOR EACH STATEMENT EXECUTE FUNCTION immu.refuse_change();
-ALTER TABLE "order_entities" ENABLE ALWAYS TRIGGER "immu_append_only";
-
--- Every version of every entity.
+-- Every version of every entity. The primary key is also the as-of index: valid_from never
+-- decreases along an entity's versions, so it orders them like version does.
 CREATE TABLE "order" (
     "id"         uuid         NOT NULL,
     "entity_id"  uuid         NOT NULL,
@@ -26,40 +17,65 @@ CREATE TABLE "order" (
     "status"     order_status NOT NULL,
     "payload"    bytea        NOT NULL,
     "due"        timestamptz,
-    CONSTRAINT "order_pkey" PRIMARY KEY ("entity_id", "version"),
-    CONSTRAINT "order_id_key" UNIQUE ("id"),
+    CONSTRAINT "order_pkey" PRIMARY KEY ("entity_id", "valid_from", "version"),
     CONSTRAINT "immu_version_positive" CHECK ("version" >= 1),
     CONSTRAINT "immu_valid_from_in_range" CHECK (isfinite("valid_from") AND "valid_from" < '262143-01-01 00:00:00+00'),
     CONSTRAINT "immu_tombstone_at_valid_from" CHECK ("deleted_at" IS NULL OR "deleted_at" = "valid_from")
 );
-CREATE INDEX "order_as_of_idx" ON "order" ("entity_id", "valid_from", "version");
 CREATE TRIGGER "immu_append_only"
     BEFORE UPDATE OR DELETE OR TRUNCATE ON "order"
     FOR EACH STATEMENT EXECUTE FUNCTION immu.refuse_change();
 ALTER TABLE "order" ENABLE ALWAYS TRIGGER "immu_append_only";
 
--- Checks each inserted version against the entity's latest (SQLSTATE IMMU2) and registers the
--- entity's identity with its version 1.
+-- The latest version of each entity (tombstones included), kept in step by the trigger below and
+-- writable by nothing else: what current reads and lists scan, and the target of foreign keys.
+CREATE TABLE "order_current" (
+    "id"         uuid         NOT NULL,
+    "entity_id"  uuid         NOT NULL,
+    "version"    bigint       NOT NULL,
+    "valid_from" timestamptz  NOT NULL,
+    "deleted_at" timestamptz,
+    "user"       text         NOT NULL,
+    "select"     integer      NOT NULL,
+    "note"       text,
+    "lines"      jsonb        NOT NULL,
+    "status"     order_status NOT NULL,
+    "payload"    bytea        NOT NULL,
+    "due"        timestamptz,
+    CONSTRAINT "order_current_pkey" PRIMARY KEY ("entity_id")
+) WITH (fillfactor = 90);
+CREATE TRIGGER "immu_projection"
+    BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON "order_current"
+    FOR EACH STATEMENT EXECUTE FUNCTION immu.refuse_projection_change('order');
+ALTER TABLE "order_current" ENABLE ALWAYS TRIGGER "immu_projection";
+
+-- Checks each inserted version against the entity's latest (SQLSTATE IMMU2) and makes it the
+-- latest: version 1 adds the entity's row to order_current, version n replaces version n - 1
+-- there. The row lock of that update orders concurrent writers of one entity, so a version is
+-- never stored twice, even by a writer that bypassed the advisory lock.
 CREATE FUNCTION "order_immu_check"() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     latest_version bigint;
     latest_valid_from timestamptz;
 BEGIN
-    SELECT "version", "valid_from" FROM "order" WHERE "entity_id" = NEW."entity_id" ORDER BY "version" DESC LIMIT 1
-        INTO latest_version, latest_valid_from;
-    IF NEW."version" <> COALESCE(latest_version, 0) + 1 THEN
-        RAISE EXCEPTION 'version % of entity % would skip or repeat a version: its latest version is %',
-            NEW."version", NEW."entity_id", COALESCE(latest_version, 0)
-            USING ERRCODE = 'IMMU2', SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
+    IF NEW."version" = 1 THEN
+        INSERT INTO "order_current" VALUES (NEW.*) ON CONFLICT DO NOTHING;
+    ELSE
+        UPDATE "order_current" SET ("id", "entity_id", "version", "valid_from", "deleted_at", "user", "select", "note", "lines", "status", "payload", "due") = (NEW."id", NEW."entity_id", NEW."version", NEW."valid_from", NEW."deleted_at", NEW."user", NEW."select", NEW."note", NEW."lines", NEW."status", NEW."payload", NEW."due")
+            WHERE "entity_id" = NEW."entity_id" AND "version" = NEW."version" - 1 AND "valid_from" <= NEW."valid_from";
     END IF;
-    IF NEW."valid_from" < latest_valid_from THEN
+    IF NOT FOUND THEN
+        SELECT "version", "valid_from" FROM "order_current" WHERE "entity_id" = NEW."entity_id"
+            INTO latest_version, latest_valid_from;
+        IF NEW."version" <> COALESCE(latest_version, 0) + 1 THEN
+            RAISE EXCEPTION 'version % of entity % would skip or repeat a version: its latest version is %',
+                NEW."version", NEW."entity_id", COALESCE(latest_version, 0)
+                USING ERRCODE = 'IMMU2', SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
+        END IF;
         RAISE EXCEPTION 'version % of entity % is valid from %, before version % (valid from %)',
             NEW."version", NEW."entity_id", NEW."valid_from", latest_version, latest_valid_from
             USING ERRCODE = 'IMMU2', SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
-    END IF;
-    IF NEW."version" = 1 THEN
-        INSERT INTO "order_entities" ("entity_id") VALUES (NEW."entity_id") ON CONFLICT DO NOTHING;
     END IF;
     RETURN NEW;
 END
@@ -72,10 +88,10 @@ ALTER TABLE "order" ENABLE ALWAYS TRIGGER "immu_check_insert";
 -- The write path's first step, in one call: takes the write lock of entity $1 (the advisory lock
 -- whose key $2 immu_core::lock_key computes) and returns the entity's latest version, read after
 -- the lock in a statement of its own.
-CREATE FUNCTION "order_immu_latest"(uuid, bigint) RETURNS SETOF "order"
+CREATE FUNCTION "order_immu_latest"(uuid, bigint) RETURNS SETOF "order_current"
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock($2);
-    RETURN QUERY SELECT * FROM "order" WHERE "entity_id" = $1 ORDER BY "version" DESC LIMIT 1;
+    RETURN QUERY SELECT * FROM "order_current" WHERE "entity_id" = $1;
 END
 $$;

@@ -421,6 +421,16 @@ pub async fn stored_rows(pool: &PgPool) -> sqlx::Result<Vec<Row>> {
     .await
 }
 
+/// Every row of the projection `accounts_current` (one per entity: its latest version), by entity.
+pub async fn projected_rows(pool: &PgPool) -> sqlx::Result<Vec<Row>> {
+    sqlx::query_as(
+        "SELECT id, entity_id, version, valid_from, deleted_at, owner, balance FROM accounts_current \
+         ORDER BY entity_id",
+    )
+    .fetch_all(pool)
+    .await
+}
+
 /// What [`check`] found. Every counter but `entities`, `rows`, `acknowledged`, `failed` and
 /// `unknown` must be zero.
 #[derive(Debug, Default, Clone)]
@@ -457,8 +467,9 @@ pub struct Report {
     pub time_reversals: usize,
     /// Caller transactions of which some but not all versions are stored.
     pub torn_transactions: usize,
-    /// Identity rows (`accounts_entities`) without versions, or entities without identity.
-    pub identity_mismatches: usize,
+    /// Entities whose row in the projection `accounts_current` is not exactly their highest
+    /// stored version, and projection rows without versions.
+    pub projection_mismatches: usize,
     /// The first problems found, described.
     pub problems: Vec<String>,
 }
@@ -483,7 +494,7 @@ impl Report {
             + self.state_violations
             + self.time_reversals
             + self.torn_transactions
-            + self.identity_mismatches
+            + self.projection_mismatches
     }
 
     /// Adds `other`'s counters to this report (for a summary over scenarios).
@@ -503,7 +514,7 @@ impl Report {
         self.state_violations += other.state_violations;
         self.time_reversals += other.time_reversals;
         self.torn_transactions += other.torn_transactions;
-        self.identity_mismatches += other.identity_mismatches;
+        self.projection_mismatches += other.projection_mismatches;
         for problem in &other.problems {
             if self.problems.len() < MAX_PROBLEMS {
                 self.problems.push(problem.clone());
@@ -541,7 +552,7 @@ impl fmt::Display for Report {
             ("state violations", self.state_violations),
             ("time reversals", self.time_reversals),
             ("torn transactions", self.torn_transactions),
-            ("identity mismatches", self.identity_mismatches),
+            ("projection mismatches", self.projection_mismatches),
         ];
         for (name, count) in others {
             if count > 0 {
@@ -552,7 +563,7 @@ impl fmt::Display for Report {
     }
 }
 
-/// Reads every stored row of `accounts` (and its identity table) with raw SQL and checks it
+/// Reads every stored row of `accounts` (and its projection `accounts_current`) with raw SQL and checks it
 /// against `history`; see [`Report`] for what is counted.
 ///
 /// The rules:
@@ -566,16 +577,30 @@ impl fmt::Display for Report {
 ///    delete/undelete at that version or by an unknown one on that entity;
 /// 5. version 1 is live, a tombstone follows a live version and copies it, a live version after a
 ///    tombstone copies it (an undelete, never an update);
-/// 6. a caller's transaction is stored entirely or not at all.
+/// 6. a caller's transaction is stored entirely or not at all;
+/// 7. the projection holds, for each entity, exactly its highest stored version, and nothing else.
 pub async fn check(pool: &PgPool, history: &History) -> sqlx::Result<Report> {
-    let rows = stored_rows(pool).await?;
-    let identities: Vec<Uuid> =
-        sqlx::query_scalar("SELECT entity_id FROM accounts_entities").fetch_all(pool).await?;
-    Ok(check_rows(&rows, &identities, history))
+    // One snapshot for both tables.
+    let mut tx = pool.begin().await?;
+    sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, entity_id, version, valid_from, deleted_at, owner, balance FROM accounts \
+         ORDER BY entity_id, version, id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let projected: Vec<Row> = sqlx::query_as(
+        "SELECT id, entity_id, version, valid_from, deleted_at, owner, balance FROM accounts_current \
+         ORDER BY entity_id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.rollback().await?;
+    Ok(check_rows(&rows, &projected, history))
 }
 
-/// [`check`] on rows already read.
-pub fn check_rows(rows: &[Row], identities: &[Uuid], history: &History) -> Report {
+/// [`check`] on rows already read: the history's rows, and the projection's.
+pub fn check_rows(rows: &[Row], projected: &[Row], history: &History) -> Report {
     let mut report = Report {
         rows: rows.len(),
         acknowledged: history.acknowledged(),
@@ -676,16 +701,35 @@ pub fn check_rows(rows: &[Row], identities: &[Uuid], history: &History) -> Repor
         report.problem(format!("torn transaction {group}: {stored} of its {all} versions stored"));
     }
 
-    // Identities: one per entity with versions, none without.
-    let identities: HashSet<Uuid> = identities.iter().copied().collect();
-    let stored: HashSet<Uuid> = entities.iter().copied().collect();
-    for missing in stored.difference(&identities) {
-        report.identity_mismatches += 1;
-        report.problem(format!("entity {missing} has versions but no identity row"));
+    // The projection: each entity's highest version, exactly; nothing else.
+    let mut highest: HashMap<Uuid, &Row> = HashMap::new();
+    for row in rows {
+        let slot = highest.entry(row.entity_id).or_insert(row);
+        if row.version > slot.version {
+            *slot = row;
+        }
     }
-    for orphan in identities.difference(&stored) {
-        report.identity_mismatches += 1;
-        report.problem(format!("identity row {orphan} has no versions"));
+    let mut seen: HashSet<Uuid> = HashSet::new();
+    for row in projected {
+        seen.insert(row.entity_id);
+        match highest.get(&row.entity_id) {
+            Some(latest) if *latest == row => {}
+            Some(latest) => {
+                report.projection_mismatches += 1;
+                report.problem(format!(
+                    "projection of {} is version {} ({}), the highest stored is version {} ({})",
+                    row.entity_id, row.version, row.owner, latest.version, latest.owner
+                ));
+            }
+            None => {
+                report.projection_mismatches += 1;
+                report.problem(format!("projection row of {} has no versions", row.entity_id));
+            }
+        }
+    }
+    for missing in highest.keys().filter(|e| !seen.contains(*e)) {
+        report.projection_mismatches += 1;
+        report.problem(format!("entity {missing} has versions but no projection row"));
     }
     report
 }
@@ -965,9 +1009,26 @@ mod tests {
     }
 
     fn report(rows: &[Row], history: &History) -> Report {
-        let mut ids: Vec<Uuid> = rows.iter().map(|r| r.entity_id).collect();
-        ids.dedup();
-        check_rows(rows, &ids, history)
+        // The projection as the trigger keeps it: each entity's highest version.
+        let mut projected: Vec<Row> = Vec::new();
+        for row in rows {
+            match projected.iter_mut().find(|p| p.entity_id == row.entity_id) {
+                Some(p) if p.version < row.version => *p = row.clone(),
+                Some(_) => {}
+                None => projected.push(row.clone()),
+            }
+        }
+        check_rows(rows, &projected, history)
+    }
+
+    #[test]
+    fn a_stale_projection_is_reported() {
+        let (rows, history) = clean();
+        let stale = vec![rows[3].clone()];
+        let report = check_rows(&rows, &stale, &history);
+        assert_eq!(report.projection_mismatches, 1, "{:?}", report.problems);
+        let report = check_rows(&rows, &[], &history);
+        assert_eq!(report.projection_mismatches, 1, "{:?}", report.problems);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 immu_tests::tests![
     a_reference_to_an_unknown_entity_is_refused_by_the_database,
-    identity_tables_are_insert_only,
+    projection_tables_refuse_direct_writes,
     join_as_of_an_instant_is_a_consistent_snapshot,
     join_hides_pairs_whose_target_is_deleted,
     join_in_history_mode_pairs_each_version_with_the_target_then,
@@ -43,18 +43,29 @@ async fn a_reference_to_an_unknown_entity_is_refused_by_the_database(db: Db) -> 
     Ok(())
 }
 
-async fn identity_tables_are_insert_only(db: Db) -> TestResult {
+async fn projection_tables_refuse_direct_writes(db: Db) -> TestResult {
     let ada = Customer::insert(&db.pool, customer("Ada")).await?;
     Customer::modify(&db.pool, ada.entity_id, |c| c.tier = "gold".into()).await?;
-    let ids: Vec<Uuid> =
-        sqlx::query_scalar("SELECT entity_id FROM customers_entities").fetch_all(&db.pool).await?;
-    assert_eq!(ids, [ada.entity_id], "one identity row per entity, not per version");
-    for sql in
-        ["UPDATE customers_entities SET entity_id = gen_random_uuid()", "DELETE FROM customers_entities"]
-    {
+    let rows: Vec<(Uuid, i64, String)> =
+        sqlx::query_as("SELECT entity_id, version, tier FROM customers_current").fetch_all(&db.pool).await?;
+    assert_eq!(rows, [(ada.entity_id, 2, "gold".to_owned())], "one row per entity: its latest version");
+    for sql in [
+        "UPDATE customers_current SET tier = 'platinum'",
+        "DELETE FROM customers_current",
+        "TRUNCATE customers_current CASCADE",
+        "INSERT INTO customers_current SELECT * FROM customers",
+        // Even a statement that matches no row.
+        "UPDATE customers_current SET tier = 'x' WHERE false",
+    ] {
         let err = Error::from(sqlx::raw_sql(sql).execute(&db.pool).await.unwrap_err());
-        assert!(matches!(&err, Error::AppendOnly { table, .. } if table == "customers_entities"), "{err:?}");
+        assert!(
+            matches!(&err, Error::AppendOnly { table, .. } if table == "customers_current"),
+            "{sql}: {err:?}"
+        );
     }
+    let after: Vec<(Uuid, i64, String)> =
+        sqlx::query_as("SELECT entity_id, version, tier FROM customers_current").fetch_all(&db.pool).await?;
+    assert_eq!(after, rows, "nothing changed");
     Ok(())
 }
 

@@ -164,7 +164,12 @@ async fn every_mode_matches_the_model(db: Db) -> TestResult {
         modes.push((format!("as of {t}"), Some(Some(t))));
     }
     let mut checked = 0;
-    for (name, at) in &modes {
+    // Each mode twice: through the projection, and from the history alone (the canonical shapes).
+    let modes: Vec<(String, _, bool)> = modes
+        .into_iter()
+        .flat_map(|(name, at)| [(name.clone(), at, false), (format!("{name}, from history"), at, true)])
+        .collect();
+    for (name, at, from_history) in &modes {
         for deleted in [false, true] {
             for threshold in [-1000, 0, 150, 10_000] {
                 let mut query = match at {
@@ -174,6 +179,9 @@ async fn every_mode_matches_the_model(db: Db) -> TestResult {
                 };
                 if deleted {
                     query = query.with_deleted();
+                }
+                if *from_history {
+                    query = query.from_history();
                 }
                 let query = query.filter(Account::BALANCE.gt(threshold));
                 // all_versions always includes tombstones; the model's `deleted` flag is moot there.

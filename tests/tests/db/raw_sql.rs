@@ -14,7 +14,7 @@ immu_tests::tests![
     refusal_holds_under_replica_replication_role,
     refusal_holds_for_keyword_named_tables,
     versions_inserted_by_hand_must_continue_the_history,
-    a_version_one_inserted_by_hand_registers_its_identity,
+    a_version_inserted_by_hand_becomes_current,
     infinite_or_non_positive_versions_and_times_are_refused,
     tombstone_must_be_stamped_at_its_valid_from,
     missing_table_is_a_typed_error,
@@ -169,26 +169,36 @@ async fn infinite_or_non_positive_versions_and_times_are_refused(db: Db) -> Test
     }
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts").fetch_one(&db.pool).await?;
     assert_eq!(total, 0);
-    let identities: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM accounts_entities").fetch_one(&db.pool).await?;
-    assert_eq!(identities, 0, "a refused version 1 registers no identity");
+    let projected: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM accounts_current").fetch_one(&db.pool).await?;
+    assert_eq!(projected, 0, "a refused version 1 leaves no row in the projection");
     Ok(())
 }
 
-async fn a_version_one_inserted_by_hand_registers_its_identity(db: Db) -> TestResult {
+async fn a_version_inserted_by_hand_becomes_current(db: Db) -> TestResult {
     let id = Uuid::now_v7();
     sqlx::query("INSERT INTO accounts (id, entity_id, version, valid_from, owner, balance) VALUES ($1, $2, 1, clock_timestamp(), 'x', 0)")
         .bind(Uuid::now_v7())
         .bind(id)
         .execute(&db.pool)
         .await?;
-    let registered: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts_entities WHERE entity_id = $1)")
+    let projected: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM accounts_current WHERE entity_id = $1")
             .bind(id)
-            .fetch_one(&db.pool)
+            .fetch_optional(&db.pool)
             .await?;
-    assert!(registered);
+    assert_eq!(projected, Some(1));
     assert_eq!(Account::modify(&db.pool, id, |a| a.balance = 1).await?.version, 2);
+    // Version 3 by hand, then through immu: the projection follows both.
+    sqlx::query("INSERT INTO accounts (id, entity_id, version, valid_from, owner, balance) VALUES ($1, $2, 3, clock_timestamp(), 'y', 7)")
+        .bind(Uuid::now_v7())
+        .bind(id)
+        .execute(&db.pool)
+        .await?;
+    let current = Account::find(&db.pool, id).await?;
+    assert_eq!((current.version, current.balance, current.owner.as_str()), (3, 7, "y"));
+    assert_eq!(Account::delete(&db.pool, id).await?.version, 4);
+    assert!(Account::find(&db.pool, id).await.unwrap_err().is_deleted());
     Ok(())
 }
 

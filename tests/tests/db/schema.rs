@@ -79,7 +79,13 @@ async fn generated_ddl_creates_a_working_table(db: Db) -> TestResult {
         sqlx::query_scalar("SELECT indexname::text FROM pg_indexes WHERE tablename = 'gadgets' ORDER BY 1")
             .fetch_all(&db.pool)
             .await?;
-    assert_eq!(indexes, ["gadgets_as_of_idx", "gadgets_id_key", "gadgets_pkey"]);
+    assert_eq!(indexes, ["gadgets_pkey"], "the primary key is the only index of the history");
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes WHERE tablename = 'gadgets_current' ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    assert_eq!(indexes, ["gadgets_current_pkey"]);
     let enabled: String = sqlx::query_scalar(
         "SELECT tgenabled::text FROM pg_trigger WHERE tgrelid = 'gadgets'::regclass AND tgname = 'immu_append_only'",
     )

@@ -204,7 +204,7 @@ fn main() -> ExitCode {
         total.duplicate_versions,
         total.gaps,
         total.phantom + total.written_by_failed + total.duplicate_writes + total.mismatched,
-        total.state_violations + total.torn_transactions + total.identity_mismatches,
+        total.state_violations + total.torn_transactions + total.projection_mismatches,
         total.time_reversals,
         if failed == 0 { "PASS".to_owned() } else { format!("FAIL ({failed} failed)") },
         started.elapsed().as_secs_f64()
