@@ -68,7 +68,7 @@ pub(crate) struct Setup {
     pub(crate) url: String,
     /// Whether the periods extension is installed and loaded; otherwise why not.
     pub(crate) periods: Result<(), String>,
-    /// The tables immu's DDL created (versioned table, identity table, anything added later).
+    /// The tables immu's DDL created (history table, projection table, anything added later).
     pub(crate) library_tables: Vec<String>,
     /// The instant the as-of scenarios read at: every entity exists then, most have later versions.
     pub(crate) as_of: DateTime<Utc>,
@@ -162,8 +162,8 @@ async fn public_tables(conn: &mut PgConnection) -> Result<BTreeSet<String>, BoxE
     Ok(names.into_iter().collect())
 }
 
-/// Fills immu's table through its insert trigger (which checks every version and registers the
-/// identities), in one `INSERT ... SELECT` ordered by `valid_from`.
+/// Fills immu's table through its insert trigger (which checks every version and keeps the
+/// projection `accounts_current` in step), in one `INSERT ... SELECT` ordered by `valid_from`.
 ///
 /// Entity `i` is created at a random instant in `[t0, t0 + 15 days)` and changes every `gap_i`
 /// (random, up to `15 days / (versions - 1)`), so versions of different entities interleave on
@@ -313,7 +313,7 @@ pub(crate) struct Relation {
 
 /// Storage of the three contenders.
 pub(crate) struct Storage {
-    /// immu's tables (versioned table, identity table, ...).
+    /// immu's tables (history table, projection table, ...).
     pub(crate) library: Vec<Relation>,
     /// Their indexes.
     pub(crate) library_indexes: Vec<Relation>,

@@ -441,14 +441,13 @@ fn buys(name: &str, definition: &str) -> &'static str {
         ("periods_accounts_history_as_of_idx", _) => {
             "periods: as-of and history of one entity (added here: the extension creates no history index)"
         }
-        (_, "(entity_id)") => "identity table: one row per entity, the target of foreign keys",
-        (_, "(entity_id, version)") => {
-            "refuses duplicate versions; current read (one backward probe), MAX(version) of current lists, \
-             history in order, the write path's latest-version read"
+        ("accounts_current_pkey", _) => {
+            "projection (one row per entity, its latest version): current read, current lists, the write \
+             path's latest-version read, the target of foreign keys"
         }
-        (_, "(id)") => "each version row's id is unique (no read of the library looks rows up by id)",
-        (_, "(entity_id, valid_from, version)") => {
-            "as-of read and as-of list: one probe per entity however long its history"
+        ("accounts_pkey", _) => {
+            "history: as-of read and as-of list (one probe per entity however long its history), \
+             history in order, version lookup; with the insert trigger, no duplicate version"
         }
         _ => "—",
     }

@@ -88,3 +88,44 @@ BEGIN
     RETURN QUERY SELECT * FROM "accounts_current" WHERE "entity_id" = $1;
 END
 $$;
+
+-- The write path outside a caller's transaction: each procedure runs one of immu's write
+-- statements and commits it before it returns, in one round trip. A procedure can commit only
+-- when CALLed outside a transaction block: inside one (even a block the client lost track of) the
+-- CALL fails with SQLSTATE 2D000 instead of leaving the write uncommitted.
+CREATE PROCEDURE "accounts_immu_insert"(uuid, uuid, uuid, text, bigint, OUT "o1" uuid, OUT "o2" uuid, OUT "o3" bigint, OUT "o4" timestamptz, OUT "o5" timestamptz, OUT "o6" uuid, OUT "o7" text, OUT "o8" bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    INSERT INTO "accounts" ("id", "entity_id", "version", "valid_from", "deleted_at", "owner_id", "label", "balance") VALUES ($1, $2, 1, clock_timestamp(), NULL, $3, $4, $5) RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "owner_id", "label", "balance"
+        INTO "o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8";
+    COMMIT;
+END
+$$;
+CREATE PROCEDURE "accounts_immu_append"(uuid, uuid, bigint, bigint, uuid, text, bigint, OUT "o1" uuid, OUT "o2" uuid, OUT "o3" bigint, OUT "o4" timestamptz, OUT "o5" timestamptz, OUT "o6" uuid, OUT "o7" text, OUT "o8" bigint, OUT "o9" bigint, OUT "o10" timestamptz)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    WITH "latest" AS (SELECT * FROM "accounts_immu_latest"($2, $3)), "appended" AS (INSERT INTO "accounts" ("id", "entity_id", "version", "valid_from", "deleted_at", "owner_id", "label", "balance") SELECT $1, "latest"."entity_id", "latest"."version" + 1, GREATEST(clock_timestamp(), "latest"."valid_from"), NULL::timestamptz, $5, $6, $7 FROM "latest" WHERE "latest"."deleted_at" IS NULL AND ($4 IS NULL OR "latest"."version" = $4) RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "owner_id", "label", "balance") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."owner_id", "appended"."label", "appended"."balance", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
+        INTO "o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9", "o10";
+    COMMIT;
+END
+$$;
+CREATE PROCEDURE "accounts_immu_delete"(uuid, uuid, bigint, OUT "o1" uuid, OUT "o2" uuid, OUT "o3" bigint, OUT "o4" timestamptz, OUT "o5" timestamptz, OUT "o6" uuid, OUT "o7" text, OUT "o8" bigint, OUT "o9" bigint, OUT "o10" timestamptz)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    WITH "latest" AS (SELECT * FROM "accounts_immu_latest"($2, $3)), "appended" AS (INSERT INTO "accounts" ("id", "entity_id", "version", "valid_from", "deleted_at", "owner_id", "label", "balance") SELECT $1, "latest"."entity_id", "latest"."version" + 1, "next"."ts", "next"."ts", "latest"."owner_id", "latest"."label", "latest"."balance" FROM "latest" INNER JOIN LATERAL (SELECT GREATEST(clock_timestamp(), "latest"."valid_from") AS "ts") AS "next" ON TRUE WHERE "latest"."deleted_at" IS NULL RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "owner_id", "label", "balance") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."owner_id", "appended"."label", "appended"."balance", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
+        INTO "o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9", "o10";
+    COMMIT;
+END
+$$;
+CREATE PROCEDURE "accounts_immu_undelete"(uuid, uuid, bigint, OUT "o1" uuid, OUT "o2" uuid, OUT "o3" bigint, OUT "o4" timestamptz, OUT "o5" timestamptz, OUT "o6" uuid, OUT "o7" text, OUT "o8" bigint, OUT "o9" bigint, OUT "o10" timestamptz)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    WITH "latest" AS (SELECT * FROM "accounts_immu_latest"($2, $3)), "appended" AS (INSERT INTO "accounts" ("id", "entity_id", "version", "valid_from", "deleted_at", "owner_id", "label", "balance") SELECT $1, "latest"."entity_id", "latest"."version" + 1, "next"."ts", NULL::timestamptz, "latest"."owner_id", "latest"."label", "latest"."balance" FROM "latest" INNER JOIN LATERAL (SELECT GREATEST(clock_timestamp(), "latest"."valid_from") AS "ts") AS "next" ON TRUE WHERE "latest"."deleted_at" IS NOT NULL RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "owner_id", "label", "balance") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."owner_id", "appended"."label", "appended"."balance", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
+        INTO "o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9", "o10";
+    COMMIT;
+END
+$$;

@@ -89,3 +89,44 @@ BEGIN
     RETURN QUERY SELECT * FROM "transfers_current" WHERE "entity_id" = $1;
 END
 $$;
+
+-- The write path outside a caller's transaction: each procedure runs one of immu's write
+-- statements and commits it before it returns, in one round trip. A procedure can commit only
+-- when CALLed outside a transaction block: inside one (even a block the client lost track of) the
+-- CALL fails with SQLSTATE 2D000 instead of leaving the write uncommitted.
+CREATE PROCEDURE "transfers_immu_insert"(uuid, uuid, uuid, uuid, bigint, OUT "o1" uuid, OUT "o2" uuid, OUT "o3" bigint, OUT "o4" timestamptz, OUT "o5" timestamptz, OUT "o6" uuid, OUT "o7" uuid, OUT "o8" bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    INSERT INTO "transfers" ("id", "entity_id", "version", "valid_from", "deleted_at", "from_account", "to_account", "amount") VALUES ($1, $2, 1, clock_timestamp(), NULL, $3, $4, $5) RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "from_account", "to_account", "amount"
+        INTO "o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8";
+    COMMIT;
+END
+$$;
+CREATE PROCEDURE "transfers_immu_append"(uuid, uuid, bigint, bigint, uuid, uuid, bigint, OUT "o1" uuid, OUT "o2" uuid, OUT "o3" bigint, OUT "o4" timestamptz, OUT "o5" timestamptz, OUT "o6" uuid, OUT "o7" uuid, OUT "o8" bigint, OUT "o9" bigint, OUT "o10" timestamptz)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    WITH "latest" AS (SELECT * FROM "transfers_immu_latest"($2, $3)), "appended" AS (INSERT INTO "transfers" ("id", "entity_id", "version", "valid_from", "deleted_at", "from_account", "to_account", "amount") SELECT $1, "latest"."entity_id", "latest"."version" + 1, GREATEST(clock_timestamp(), "latest"."valid_from"), NULL::timestamptz, $5, $6, $7 FROM "latest" WHERE "latest"."deleted_at" IS NULL AND ($4 IS NULL OR "latest"."version" = $4) RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "from_account", "to_account", "amount") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."from_account", "appended"."to_account", "appended"."amount", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
+        INTO "o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9", "o10";
+    COMMIT;
+END
+$$;
+CREATE PROCEDURE "transfers_immu_delete"(uuid, uuid, bigint, OUT "o1" uuid, OUT "o2" uuid, OUT "o3" bigint, OUT "o4" timestamptz, OUT "o5" timestamptz, OUT "o6" uuid, OUT "o7" uuid, OUT "o8" bigint, OUT "o9" bigint, OUT "o10" timestamptz)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    WITH "latest" AS (SELECT * FROM "transfers_immu_latest"($2, $3)), "appended" AS (INSERT INTO "transfers" ("id", "entity_id", "version", "valid_from", "deleted_at", "from_account", "to_account", "amount") SELECT $1, "latest"."entity_id", "latest"."version" + 1, "next"."ts", "next"."ts", "latest"."from_account", "latest"."to_account", "latest"."amount" FROM "latest" INNER JOIN LATERAL (SELECT GREATEST(clock_timestamp(), "latest"."valid_from") AS "ts") AS "next" ON TRUE WHERE "latest"."deleted_at" IS NULL RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "from_account", "to_account", "amount") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."from_account", "appended"."to_account", "appended"."amount", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
+        INTO "o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9", "o10";
+    COMMIT;
+END
+$$;
+CREATE PROCEDURE "transfers_immu_undelete"(uuid, uuid, bigint, OUT "o1" uuid, OUT "o2" uuid, OUT "o3" bigint, OUT "o4" timestamptz, OUT "o5" timestamptz, OUT "o6" uuid, OUT "o7" uuid, OUT "o8" bigint, OUT "o9" bigint, OUT "o10" timestamptz)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    WITH "latest" AS (SELECT * FROM "transfers_immu_latest"($2, $3)), "appended" AS (INSERT INTO "transfers" ("id", "entity_id", "version", "valid_from", "deleted_at", "from_account", "to_account", "amount") SELECT $1, "latest"."entity_id", "latest"."version" + 1, "next"."ts", NULL::timestamptz, "latest"."from_account", "latest"."to_account", "latest"."amount" FROM "latest" INNER JOIN LATERAL (SELECT GREATEST(clock_timestamp(), "latest"."valid_from") AS "ts") AS "next" ON TRUE WHERE "latest"."deleted_at" IS NOT NULL RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "from_account", "to_account", "amount") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."from_account", "appended"."to_account", "appended"."amount", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
+        INTO "o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9", "o10";
+    COMMIT;
+END
+$$;

@@ -55,6 +55,15 @@ impl<T: ColumnType> ColumnType for Option<T> {
 use crate::sql::{DELETED_AT, ENTITY_ID, ID, VALID_FROM, VERSION};
 use crate::{Error, Immutable, Result, TableDef};
 
+/// The reserved columns: name, type, nullable.
+const RESERVED: [(&str, &str, bool); 5] = [
+    (ID, "uuid", false),
+    (ENTITY_ID, "uuid", false),
+    (VERSION, "bigint", false),
+    (VALID_FROM, "timestamptz", false),
+    (DELETED_AT, "timestamptz", true),
+];
+
 /// Longest table name immu accepts: names of the indexes it derives from the table name
 /// (`<table>_as_of_idx`, ...) must stay within PostgreSQL's 63 bytes, which it would otherwise
 /// truncate silently.
@@ -249,16 +258,9 @@ pub fn create_table<T: Immutable>() -> Result<String> {
 /// [`create_table`] for a table description.
 pub fn create_table_for(table: &TableDef) -> Result<String> {
     validate_table(table)?;
-    let reserved = [
-        (ID, "uuid", false),
-        (ENTITY_ID, "uuid", false),
-        (VERSION, "bigint", false),
-        (VALID_FROM, "timestamptz", false),
-        (DELETED_AT, "timestamptz", true),
-    ];
     let own = table.columns.iter().map(|c| (c.name, c.sql_type, c.nullable));
     let columns: Vec<(String, &str, bool)> =
-        reserved.into_iter().chain(own).map(|(n, ty, null)| (quote(n), ty, null)).collect();
+        RESERVED.into_iter().chain(own).map(|(n, ty, null)| (quote(n), ty, null)).collect();
     let name_width = columns.iter().map(|(n, _, _)| n.len()).max().unwrap_or(0);
     let type_width = columns.iter().filter(|c| !c.2).map(|(_, ty, _)| ty.len()).max().unwrap_or(0);
 
@@ -311,8 +313,39 @@ pub fn create_table_for(table: &TableDef) -> Result<String> {
         .replace("@LATEST_FN@", &quote(&crate::sql::latest_function_name(name)))
         .replace("@ALL@", &all.clone().map(quote).collect::<Vec<_>>().join(", "))
         .replace("@NEW_ALL@", &all.map(|c| format!("NEW.{}", quote(c))).collect::<Vec<_>>().join(", "))
+        .replace("@PROCEDURES@", &procedures(table))
         .replace("@COLUMNS@", &lines.join(",\n"));
     Ok(ddl)
+}
+
+/// The write procedures of the DDL (see [`crate::sql::procedures`]).
+fn procedures(table: &TableDef) -> String {
+    let sql = crate::sql::Sql::new(table);
+    let output_types: Vec<&str> = RESERVED
+        .iter()
+        .map(|(_, ty, _)| *ty)
+        .chain(table.columns.iter().map(|c| c.sql_type))
+        .chain(["bigint", "timestamptz"])
+        .collect();
+    let mut out = String::new();
+    for (kind, statement, inputs) in crate::sql::procedures(table, &sql) {
+        let outputs = crate::sql::written_columns(table, kind);
+        let parameters: Vec<String> = inputs
+            .iter()
+            .map(|ty| (*ty).to_owned())
+            .chain(
+                output_types[..outputs].iter().enumerate().map(|(i, ty)| format!("OUT \"o{}\" {ty}", i + 1)),
+            )
+            .collect();
+        let targets: Vec<String> = (1..=outputs).map(|i| format!("\"o{i}\"")).collect();
+        out.push_str(&format!(
+            "CREATE PROCEDURE {}({})\nLANGUAGE plpgsql AS $$\n#variable_conflict use_column\nBEGIN\n    {statement}\n        INTO {};\n    COMMIT;\nEND\n$$;\n",
+            quote(&crate::sql::procedure_name(table.name, kind)),
+            parameters.join(", "),
+            targets.join(", "),
+        ));
+    }
+    out
 }
 
 /// The DDL of a versioned table; `@NAME@`s are replaced by quoted identifiers or lists.
@@ -386,7 +419,12 @@ BEGIN
     RETURN QUERY SELECT * FROM @CURRENT@ WHERE "entity_id" = $1;
 END
 $$;
-"#;
+
+-- The write path outside a caller's transaction: each procedure runs one of immu's write
+-- statements and commits it before it returns, in one round trip. A procedure can commit only
+-- when CALLed outside a transaction block: inside one (even a block the client lost track of) the
+-- CALL fails with SQLSTATE 2D000 instead of leaving the write uncommitted.
+@PROCEDURES@"#;
 
 /// Quotes an identifier for PostgreSQL (doubling any `"`; validated names have none).
 fn quote(name: &str) -> String {

@@ -76,6 +76,55 @@ pub struct Sql {
     /// Entities `$1` (uuid[]) each as of its instant in `$2` (timestamptz[]). Columns: the
     /// 1-based position in the arrays, then all columns.
     pub(crate) each_as_of: String,
+    /// `insert`, run and committed by the table's `<table>_immu_insert` procedure.
+    pub(crate) insert_call: String,
+    /// `append`, run and committed by `<table>_immu_append`; the row has the same columns, with
+    /// the latest version's number NULL if the entity does not exist.
+    pub(crate) append_call: String,
+    /// `delete`, run and committed by `<table>_immu_delete`, as `append_call`.
+    pub(crate) delete_call: String,
+    /// `undelete`, run and committed by `<table>_immu_undelete`, as `append_call`.
+    pub(crate) undelete_call: String,
+}
+
+/// The write statements that have a procedure running and committing them (see
+/// [`Sql::insert_call`]): the procedure's name suffix, its statement, and the types of its
+/// parameters (the statement's `$1`, `$2`, ...).
+pub(crate) fn procedures(table: &TableDef, sql: &Sql) -> [(&'static str, String, Vec<&'static str>); 4] {
+    let own = || table.columns.iter().map(|c| c.sql_type);
+    let existing = || vec!["uuid", "uuid", "bigint"];
+    let mut append = existing();
+    append.push("bigint");
+    append.extend(own());
+    let mut insert = vec!["uuid", "uuid"];
+    insert.extend(own());
+    [
+        ("insert", sql.insert.clone(), insert),
+        ("append", sql.append.clone(), append),
+        ("delete", sql.delete.clone(), existing()),
+        ("undelete", sql.undelete.clone(), existing()),
+    ]
+}
+
+/// The name of one of the table's write procedures.
+pub(crate) fn procedure_name(table: &str, kind: &str) -> String {
+    format!("{table}_immu_{kind}")
+}
+
+/// How many columns a write returns: every column of the appended version, then (except for
+/// inserts) the latest version's number and tombstone.
+pub(crate) fn written_columns(table: &TableDef, kind: &str) -> usize {
+    RESERVED_COLUMNS.len() + table.columns.len() + if kind == "insert" { 0 } else { 2 }
+}
+
+/// `CALL "<table>_immu_<kind>"($1, ..., $n, NULL, ...)`: the statement's parameters, then one NULL
+/// per output column.
+fn call(table: &TableDef, kind: &str, parameters: usize) -> String {
+    let arguments: Vec<String> = (1..=parameters)
+        .map(|n| format!("${n}"))
+        .chain((0..written_columns(table, kind)).map(|_| "NULL".to_owned()))
+        .collect();
+    format!("CALL {}({})", quote(&procedure_name(table.name, kind)), arguments.join(", "))
 }
 
 /// Index, in the row a write statement returns, of the latest version's number (its
@@ -180,7 +229,12 @@ impl Sql {
             )
         };
 
+        let own = table.columns.len();
         Sql {
+            insert_call: call(table, "insert", 2 + own),
+            append_call: call(table, "append", 4 + own),
+            delete_call: call(table, "delete", 3),
+            undelete_call: call(table, "undelete", 3),
             current: render(&resolve::current(table, all(), param(1))),
             as_of: render(&resolve::latest(table, None, Some(all()), param(1), At::Instant(param(2)))),
             version: render(&version),

@@ -22,7 +22,7 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgArguments, PgRow};
-use sqlx::{Acquire, Arguments, Connection, PgConnection, Postgres, Row};
+use sqlx::{Acquire, Arguments, Connection, PgConnection, Postgres, Row, ValueRef};
 use uuid::Uuid;
 
 use crate::lock::lock_key;
@@ -42,7 +42,14 @@ where
     args.add(entity_id).map_err(sqlx::Error::Encode)?;
     value.__encode(&mut args).map_err(sqlx::Error::Encode)?;
     let mut conn = db.acquire().await?;
-    let row = one_statement(&mut conn, T::__sql().insert.as_str(), args).await?;
+    let sql = T::__sql();
+    let row = one_statement(
+        &mut conn,
+        Write { statement: &sql.insert, call: &sql.insert_call, latest: None },
+        args,
+    )
+    .await
+    .map_err(|e| write_error::<T>(e, entity_id, Intent::Insert))?;
     let row = row.ok_or(Error::Database(sqlx::Error::RowNotFound))?;
     tracing::debug!(%entity_id, "inserted version 1");
     // What was stored, as PostgreSQL returns it (timestamps at microseconds, ...).
@@ -64,9 +71,18 @@ where
     let mut conn = db.acquire().await?;
     let args = append_args(entity_id, expected, &value)?;
     let intent = Intent::Update { expected };
-    let row = one_statement(&mut conn, T::__sql().append.as_str(), args)
-        .await
-        .map_err(|e| write_error::<T>(e, entity_id, intent))?;
+    let sql = T::__sql();
+    let row = one_statement(
+        &mut conn,
+        Write {
+            statement: &sql.append,
+            call: &sql.append_call,
+            latest: Some(latest_version_index(&T::TABLE)),
+        },
+        args,
+    )
+    .await
+    .map_err(|e| write_error::<T>(e, entity_id, intent))?;
     written(row, entity_id, intent)
 }
 
@@ -128,6 +144,7 @@ where
 /// What a write to an existing entity meant to do; decides which error explains a refusal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Intent {
+    Insert,
     Update { expected: Option<i64> },
     Delete,
     Undelete,
@@ -140,15 +157,26 @@ where
     A: Acquire<'c, Database = Postgres> + Send + 'c,
 {
     let sql = T::__sql();
-    let statement = if intent == Intent::Delete { &sql.delete } else { &sql.undelete };
+    let write = if intent == Intent::Delete {
+        Write {
+            statement: &sql.delete,
+            call: &sql.delete_call,
+            latest: Some(latest_version_index(&T::TABLE)),
+        }
+    } else {
+        Write {
+            statement: &sql.undelete,
+            call: &sql.undelete_call,
+            latest: Some(latest_version_index(&T::TABLE)),
+        }
+    };
     let mut args = PgArguments::default();
     args.add(Uuid::now_v7()).map_err(sqlx::Error::Encode)?;
     args.add(entity_id).map_err(sqlx::Error::Encode)?;
     args.add(lock_key(T::TABLE.name, entity_id)).map_err(sqlx::Error::Encode)?;
     let mut conn = db.acquire().await?;
-    let row = one_statement(&mut conn, statement.as_str(), args)
-        .await
-        .map_err(|e| write_error::<T>(e, entity_id, intent))?;
+    let row =
+        one_statement(&mut conn, write, args).await.map_err(|e| write_error::<T>(e, entity_id, intent))?;
     written(row, entity_id, intent)
 }
 
@@ -163,24 +191,57 @@ fn append_args<T: Immutable>(entity_id: Uuid, expected: Option<i64>, value: &T) 
     Ok(args)
 }
 
-/// Runs one write statement in a transaction of its own: `BEGIN` ... `COMMIT`, or a savepoint
-/// inside the caller's transaction (so that a failure leaves that transaction usable).
+/// A write statement, and the `CALL` of the table's procedure that runs and commits it.
+#[derive(Clone, Copy)]
+struct Write {
+    statement: &'static str,
+    call: &'static str,
+    /// Index of the latest version's number in the row (see [`latest_version_index`]); None for
+    /// inserts, which return the new version only.
+    latest: Option<usize>,
+}
+
+/// Runs one write: in the caller's transaction, the statement in a savepoint (so that a failure
+/// leaves that transaction usable); otherwise the `CALL` of the table's procedure, which runs the
+/// statement and commits before it returns: one round trip.
 ///
-/// Not as a bare autocommit statement, although that would save two round trips: with sqlx
-/// 0.9.0 a `BEGIN` whose future is dropped mid-flight leaves the pooled connection inside a
-/// transaction that sqlx does not know about (launchbadge/sqlx#4393, transact-rs/sqlx#4393), and
-/// an autocommit write on that connection would be acknowledged and then never committed. An
-/// explicit `BEGIN` on such a connection only draws a warning, and the `COMMIT` makes the write
-/// durable. The reliability suite's `cancelled-writes` scenario caught this.
+/// Not a bare autocommit statement, which would also be one round trip: with sqlx 0.9.0 a `BEGIN`
+/// whose future is dropped mid-flight leaves the pooled connection inside a transaction that
+/// sqlx does not know about (launchbadge/sqlx#4393), and an autocommit write on that connection
+/// would be acknowledged and then never committed. The reliability suite's `cancelled-writes`
+/// scenario caught this. A procedure's `COMMIT` is refused inside a transaction block (SQLSTATE
+/// 2D000), so on such a connection the `CALL` fails and writes nothing: immu rolls the unknown
+/// transaction back, which returns the connection to the state sqlx believes it is in, and
+/// calls again.
+///
+/// The row, if any: the statement's, or for a `CALL` (which always returns one) `None` when the
+/// latest version's number is NULL, i.e. the entity does not exist.
 async fn one_statement(
     conn: &mut PgConnection,
-    sql: &'static str,
+    write: Write,
     args: PgArguments,
 ) -> sqlx::Result<Option<PgRow>> {
-    let mut tx = Connection::begin(&mut *conn).await?;
-    let row = sqlx::query_with(sql, args).fetch_optional(&mut *tx).await?;
-    tx.commit().await?;
-    Ok(row)
+    if conn.is_in_transaction() {
+        let mut tx = Connection::begin(&mut *conn).await?;
+        let row = sqlx::query_with(write.statement, args).fetch_optional(&mut *tx).await?;
+        tx.commit().await?;
+        return Ok(row);
+    }
+    let row = match sqlx::query_with(write.call, args.clone()).fetch_one(&mut *conn).await {
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("2D000") => {
+            tracing::warn!(
+                "the connection was inside a transaction sqlx does not track (a cancelled BEGIN, \
+                 launchbadge/sqlx#4393, or a BEGIN run by hand): rolled it back before writing"
+            );
+            sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
+            sqlx::query_with(write.call, args).fetch_one(&mut *conn).await?
+        }
+        other => other?,
+    };
+    match write.latest {
+        Some(at) if row.try_get_raw(at)?.is_null() => Ok(None),
+        _ => Ok(Some(row)),
+    }
 }
 
 /// The outcome of a write statement's row (see [`latest_version_index`]): the appended version,
@@ -206,8 +267,9 @@ fn written<T: Immutable>(row: Option<PgRow>, entity_id: Uuid, intent: Intent) ->
         (Intent::Update { expected }, None) => {
             Error::VersionConflict { table, entity_id, expected, actual: Some(version) }
         }
-        // Undelete of a tombstone and delete of a live version always append.
-        (Intent::Undelete, Some(_)) | (Intent::Delete, None) => {
+        // Undelete of a tombstone and delete of a live version always append; an insert returns
+        // its row.
+        (Intent::Undelete, Some(_)) | (Intent::Delete, None) | (Intent::Insert, _) => {
             Error::VersionConflict { table, entity_id, expected: None, actual: Some(version) }
         }
     })
@@ -228,6 +290,14 @@ fn write_error<T: Immutable>(err: sqlx::Error, entity_id: Uuid, intent: Intent) 
     if let sqlx::Error::Database(db) = &err {
         let table = T::TABLE.name;
         let code = db.code();
+        // A routine of the table's DDL is missing: the DDL was not run (or is from an older immu).
+        let routine = format!("{table}_immu_");
+        if code.as_deref() == Some("42883")
+            && (db.message().starts_with(&format!("procedure {routine}"))
+                || db.message().starts_with(&format!("function {routine}")))
+        {
+            return Error::MissingTable { table: table.to_owned() };
+        }
         let pkey = db.constraint().is_some_and(|c| c.strip_suffix("_pkey") == Some(table));
         let taken = (db.is_unique_violation() && pkey)
             || (code.as_deref() == Some("40001") && db.message().contains("concurrent update"))
@@ -236,7 +306,7 @@ fn write_error<T: Immutable>(err: sqlx::Error, entity_id: Uuid, intent: Intent) 
         if taken {
             let expected = match intent {
                 Intent::Update { expected } => expected,
-                Intent::Delete | Intent::Undelete => None,
+                Intent::Insert | Intent::Delete | Intent::Undelete => None,
             };
             return Error::VersionConflict { table, entity_id, expected, actual: None };
         }

@@ -95,3 +95,44 @@ BEGIN
     RETURN QUERY SELECT * FROM "order_current" WHERE "entity_id" = $1;
 END
 $$;
+
+-- The write path outside a caller's transaction: each procedure runs one of immu's write
+-- statements and commits it before it returns, in one round trip. A procedure can commit only
+-- when CALLed outside a transaction block: inside one (even a block the client lost track of) the
+-- CALL fails with SQLSTATE 2D000 instead of leaving the write uncommitted.
+CREATE PROCEDURE "order_immu_insert"(uuid, uuid, text, integer, text, jsonb, order_status, bytea, timestamptz, OUT "o1" uuid, OUT "o2" uuid, OUT "o3" bigint, OUT "o4" timestamptz, OUT "o5" timestamptz, OUT "o6" text, OUT "o7" integer, OUT "o8" text, OUT "o9" jsonb, OUT "o10" order_status, OUT "o11" bytea, OUT "o12" timestamptz)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    INSERT INTO "order" ("id", "entity_id", "version", "valid_from", "deleted_at", "user", "select", "note", "lines", "status", "payload", "due") VALUES ($1, $2, 1, clock_timestamp(), NULL, $3, $4, $5, $6, $7, $8, $9) RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "user", "select", "note", "lines", "status", "payload", "due"
+        INTO "o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9", "o10", "o11", "o12";
+    COMMIT;
+END
+$$;
+CREATE PROCEDURE "order_immu_append"(uuid, uuid, bigint, bigint, text, integer, text, jsonb, order_status, bytea, timestamptz, OUT "o1" uuid, OUT "o2" uuid, OUT "o3" bigint, OUT "o4" timestamptz, OUT "o5" timestamptz, OUT "o6" text, OUT "o7" integer, OUT "o8" text, OUT "o9" jsonb, OUT "o10" order_status, OUT "o11" bytea, OUT "o12" timestamptz, OUT "o13" bigint, OUT "o14" timestamptz)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    WITH "latest" AS (SELECT * FROM "order_immu_latest"($2, $3)), "appended" AS (INSERT INTO "order" ("id", "entity_id", "version", "valid_from", "deleted_at", "user", "select", "note", "lines", "status", "payload", "due") SELECT $1, "latest"."entity_id", "latest"."version" + 1, GREATEST(clock_timestamp(), "latest"."valid_from"), NULL::timestamptz, $5, $6, $7, $8, $9, $10, $11 FROM "latest" WHERE "latest"."deleted_at" IS NULL AND ($4 IS NULL OR "latest"."version" = $4) RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "user", "select", "note", "lines", "status", "payload", "due") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."user", "appended"."select", "appended"."note", "appended"."lines", "appended"."status", "appended"."payload", "appended"."due", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
+        INTO "o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9", "o10", "o11", "o12", "o13", "o14";
+    COMMIT;
+END
+$$;
+CREATE PROCEDURE "order_immu_delete"(uuid, uuid, bigint, OUT "o1" uuid, OUT "o2" uuid, OUT "o3" bigint, OUT "o4" timestamptz, OUT "o5" timestamptz, OUT "o6" text, OUT "o7" integer, OUT "o8" text, OUT "o9" jsonb, OUT "o10" order_status, OUT "o11" bytea, OUT "o12" timestamptz, OUT "o13" bigint, OUT "o14" timestamptz)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    WITH "latest" AS (SELECT * FROM "order_immu_latest"($2, $3)), "appended" AS (INSERT INTO "order" ("id", "entity_id", "version", "valid_from", "deleted_at", "user", "select", "note", "lines", "status", "payload", "due") SELECT $1, "latest"."entity_id", "latest"."version" + 1, "next"."ts", "next"."ts", "latest"."user", "latest"."select", "latest"."note", "latest"."lines", "latest"."status", "latest"."payload", "latest"."due" FROM "latest" INNER JOIN LATERAL (SELECT GREATEST(clock_timestamp(), "latest"."valid_from") AS "ts") AS "next" ON TRUE WHERE "latest"."deleted_at" IS NULL RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "user", "select", "note", "lines", "status", "payload", "due") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."user", "appended"."select", "appended"."note", "appended"."lines", "appended"."status", "appended"."payload", "appended"."due", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
+        INTO "o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9", "o10", "o11", "o12", "o13", "o14";
+    COMMIT;
+END
+$$;
+CREATE PROCEDURE "order_immu_undelete"(uuid, uuid, bigint, OUT "o1" uuid, OUT "o2" uuid, OUT "o3" bigint, OUT "o4" timestamptz, OUT "o5" timestamptz, OUT "o6" text, OUT "o7" integer, OUT "o8" text, OUT "o9" jsonb, OUT "o10" order_status, OUT "o11" bytea, OUT "o12" timestamptz, OUT "o13" bigint, OUT "o14" timestamptz)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    WITH "latest" AS (SELECT * FROM "order_immu_latest"($2, $3)), "appended" AS (INSERT INTO "order" ("id", "entity_id", "version", "valid_from", "deleted_at", "user", "select", "note", "lines", "status", "payload", "due") SELECT $1, "latest"."entity_id", "latest"."version" + 1, "next"."ts", NULL::timestamptz, "latest"."user", "latest"."select", "latest"."note", "latest"."lines", "latest"."status", "latest"."payload", "latest"."due" FROM "latest" INNER JOIN LATERAL (SELECT GREATEST(clock_timestamp(), "latest"."valid_from") AS "ts") AS "next" ON TRUE WHERE "latest"."deleted_at" IS NOT NULL RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "user", "select", "note", "lines", "status", "payload", "due") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."user", "appended"."select", "appended"."note", "appended"."lines", "appended"."status", "appended"."payload", "appended"."due", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
+        INTO "o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9", "o10", "o11", "o12", "o13", "o14";
+    COMMIT;
+END
+$$;

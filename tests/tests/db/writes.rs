@@ -25,6 +25,7 @@ immu_tests::tests![
     writes_in_a_caller_transaction_commit_and_roll_back_together,
     a_failed_write_leaves_the_caller_transaction_usable,
     writes_accept_a_plain_connection,
+    a_connection_left_in_an_untracked_transaction_still_commits_the_write,
     valid_from_never_goes_back_behind_the_previous_version,
     valid_from_is_taken_after_the_lock_not_at_transaction_start,
     stale_repeatable_read_snapshot_is_a_conflict_not_a_duplicate,
@@ -338,6 +339,33 @@ async fn writes_accept_a_plain_connection(db: Db) -> TestResult {
     let mut pooled = db.pool.acquire().await?;
     let v5 = Account::modify(pooled.acquire().await?, v1.entity_id, |a| a.balance += 1).await?;
     assert_eq!(v5.version, 5);
+    Ok(())
+}
+
+/// What a `BEGIN` cancelled mid-flight leaves behind with sqlx 0.9.0 (launchbadge/sqlx#4393): a
+/// connection inside a transaction that sqlx believes is idle. A write through immu must still be
+/// committed when it is acknowledged (a bare autocommit statement would stay uncommitted).
+async fn a_connection_left_in_an_untracked_transaction_still_commits_the_write(db: Db) -> TestResult {
+    let mut conn = db.connect().await?;
+    let v1 = Account::insert(&mut conn, Account::new("ada", 1)).await?;
+    for step in 0..4 {
+        sqlx::raw_sql("BEGIN").execute(&mut conn).await?;
+        let written = match step {
+            0 => Account::insert(&mut conn, Account::new("bob", 2)).await?,
+            1 => Account::update(&mut conn, v1.entity_id, Account::new("ada", 5)).await?,
+            2 => Account::delete(&mut conn, v1.entity_id).await?,
+            _ => Account::undelete(&mut conn, v1.entity_id).await?,
+        };
+        // Committed: another connection sees it, and this one is out of any transaction.
+        let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts WHERE id = $1")
+            .bind(written.id)
+            .fetch_one(&db.pool)
+            .await?;
+        assert_eq!(seen, 1, "step {step}: the write is committed");
+        let savepoint = sqlx::raw_sql("SAVEPOINT probe").execute(&mut conn).await;
+        assert!(savepoint.is_err(), "step {step}: the connection is out of any transaction block");
+    }
+    assert_eq!(versions(&db, v1.entity_id).await?, [1, 2, 3, 4]);
     Ok(())
 }
 
