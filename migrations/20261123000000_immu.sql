@@ -31,9 +31,10 @@ COMMENT ON FUNCTION immu.refuse_change() IS 'immu: refuses UPDATE, DELETE and TR
 -- Refuses any direct change of a projection table (`<table>_current`, one row per entity holding
 -- its latest version), which only the insert trigger of its versioned table writes. Attached as
 --   CREATE TRIGGER "immu_projection" BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON <table>_current
---       FOR EACH STATEMENT EXECUTE FUNCTION immu.refuse_projection_change('<table>');
--- A statement that trigger runs fires this one at trigger depth 2; a client's statement fires it at
--- depth 1 and is refused with SQLSTATE IMMU1.
+--       FOR EACH STATEMENT WHEN (pg_trigger_depth() < 1)
+--       EXECUTE FUNCTION immu.refuse_projection_change('<table>');
+-- The WHEN clause lets the statements of the versioned table's trigger through without calling
+-- it; a client's statement (trigger depth 0 before, 1 inside) is refused with SQLSTATE IMMU1.
 CREATE OR REPLACE FUNCTION immu.refuse_projection_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN

@@ -189,6 +189,7 @@ pub fn validate_table(table: &TableDef) -> Result<()> {
 ///
 /// -- The latest version of each entity (tombstones included), kept in step by the trigger below and
 /// -- writable by nothing else: what current reads and lists scan, and the target of foreign keys.
+/// -- Statements run by a trigger (depth 1 and more) pass the WHEN clause without a function call.
 /// CREATE TABLE "accounts_current" (
 ///     "id"         uuid        NOT NULL,
 ///     "entity_id"  uuid        NOT NULL,
@@ -201,7 +202,8 @@ pub fn validate_table(table: &TableDef) -> Result<()> {
 /// ) WITH (fillfactor = 90);
 /// CREATE TRIGGER "immu_projection"
 ///     BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON "accounts_current"
-///     FOR EACH STATEMENT EXECUTE FUNCTION immu.refuse_projection_change('accounts');
+///     FOR EACH STATEMENT WHEN (pg_trigger_depth() < 1)
+///     EXECUTE FUNCTION immu.refuse_projection_change('accounts');
 /// ALTER TABLE "accounts_current" ENABLE ALWAYS TRIGGER "immu_projection";
 ///
 /// -- Checks each inserted version against the entity's latest (SQLSTATE IMMU2) and makes it the
@@ -248,6 +250,50 @@ pub fn validate_table(table: &TableDef) -> Result<()> {
 /// BEGIN
 ///     PERFORM pg_advisory_xact_lock($2);
 ///     RETURN QUERY SELECT * FROM "accounts_current" WHERE "entity_id" = $1;
+/// END
+/// $$;
+///
+/// -- The write path outside a caller's transaction: each procedure runs one of immu's write
+/// -- statements and commits it before it returns, in one round trip. A procedure can commit only
+/// -- when CALLed outside a transaction block: inside one (even a block the client lost track of) the
+/// -- CALL fails with SQLSTATE 2D000 instead of leaving the write uncommitted.
+/// CREATE PROCEDURE "accounts_immu_insert"(uuid, uuid, text, bigint, OUT "o1" uuid, OUT "o2" uuid, OUT "o3" bigint, OUT "o4" timestamptz, OUT "o5" timestamptz, OUT "o6" text, OUT "o7" bigint)
+/// LANGUAGE plpgsql AS $$
+/// #variable_conflict use_column
+/// BEGIN
+///     INSERT INTO "accounts" ("id", "entity_id", "version", "valid_from", "deleted_at", "owner", "balance") VALUES ($1, $2, 1, clock_timestamp(), NULL, $3, $4) RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "owner", "balance"
+///         INTO "o1", "o2", "o3", "o4", "o5", "o6", "o7";
+///     COMMIT;
+/// END
+/// $$;
+/// CREATE PROCEDURE "accounts_immu_append"(uuid, uuid, bigint, bigint, text, bigint, OUT "o1" uuid, OUT "o2" uuid, OUT "o3" bigint, OUT "o4" timestamptz, OUT "o5" timestamptz, OUT "o6" text, OUT "o7" bigint, OUT "o8" bigint, OUT "o9" timestamptz)
+/// LANGUAGE plpgsql AS $$
+/// #variable_conflict use_column
+/// BEGIN
+///     PERFORM pg_advisory_xact_lock($3);
+///     WITH "latest" AS (SELECT * FROM "accounts_current" WHERE "entity_id" = $2), "appended" AS (INSERT INTO "accounts" ("id", "entity_id", "version", "valid_from", "deleted_at", "owner", "balance") SELECT $1, "latest"."entity_id", "latest"."version" + 1, GREATEST(clock_timestamp(), "latest"."valid_from"), NULL::timestamptz, $5, $6 FROM "latest" WHERE "latest"."deleted_at" IS NULL AND ($4 IS NULL OR "latest"."version" = $4) RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "owner", "balance") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."owner", "appended"."balance", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
+///         INTO "o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9";
+///     COMMIT;
+/// END
+/// $$;
+/// CREATE PROCEDURE "accounts_immu_delete"(uuid, uuid, bigint, OUT "o1" uuid, OUT "o2" uuid, OUT "o3" bigint, OUT "o4" timestamptz, OUT "o5" timestamptz, OUT "o6" text, OUT "o7" bigint, OUT "o8" bigint, OUT "o9" timestamptz)
+/// LANGUAGE plpgsql AS $$
+/// #variable_conflict use_column
+/// BEGIN
+///     PERFORM pg_advisory_xact_lock($3);
+///     WITH "latest" AS (SELECT * FROM "accounts_current" WHERE "entity_id" = $2), "appended" AS (INSERT INTO "accounts" ("id", "entity_id", "version", "valid_from", "deleted_at", "owner", "balance") SELECT $1, "latest"."entity_id", "latest"."version" + 1, "next"."ts", "next"."ts", "latest"."owner", "latest"."balance" FROM "latest" INNER JOIN LATERAL (SELECT GREATEST(clock_timestamp(), "latest"."valid_from") AS "ts") AS "next" ON TRUE WHERE "latest"."deleted_at" IS NULL RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "owner", "balance") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."owner", "appended"."balance", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
+///         INTO "o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9";
+///     COMMIT;
+/// END
+/// $$;
+/// CREATE PROCEDURE "accounts_immu_undelete"(uuid, uuid, bigint, OUT "o1" uuid, OUT "o2" uuid, OUT "o3" bigint, OUT "o4" timestamptz, OUT "o5" timestamptz, OUT "o6" text, OUT "o7" bigint, OUT "o8" bigint, OUT "o9" timestamptz)
+/// LANGUAGE plpgsql AS $$
+/// #variable_conflict use_column
+/// BEGIN
+///     PERFORM pg_advisory_xact_lock($3);
+///     WITH "latest" AS (SELECT * FROM "accounts_current" WHERE "entity_id" = $2), "appended" AS (INSERT INTO "accounts" ("id", "entity_id", "version", "valid_from", "deleted_at", "owner", "balance") SELECT $1, "latest"."entity_id", "latest"."version" + 1, "next"."ts", NULL::timestamptz, "latest"."owner", "latest"."balance" FROM "latest" INNER JOIN LATERAL (SELECT GREATEST(clock_timestamp(), "latest"."valid_from") AS "ts") AS "next" ON TRUE WHERE "latest"."deleted_at" IS NOT NULL RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "owner", "balance") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."owner", "appended"."balance", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
+///         INTO "o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9";
+///     COMMIT;
 /// END
 /// $$;
 /// ```
@@ -365,12 +411,14 @@ ALTER TABLE @TABLE@ ENABLE ALWAYS TRIGGER "immu_append_only";
 
 -- The latest version of each entity (tombstones included), kept in step by the trigger below and
 -- writable by nothing else: what current reads and lists scan, and the target of foreign keys.
+-- Statements run by a trigger (depth 1 and more) pass the WHEN clause without a function call.
 CREATE TABLE @CURRENT@ (
 @CURRENT_COLUMNS@
 ) WITH (fillfactor = 90);
 CREATE TRIGGER "immu_projection"
     BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON @CURRENT@
-    FOR EACH STATEMENT EXECUTE FUNCTION immu.refuse_projection_change(@TABLE_LITERAL@);
+    FOR EACH STATEMENT WHEN (pg_trigger_depth() < 1)
+    EXECUTE FUNCTION immu.refuse_projection_change(@TABLE_LITERAL@);
 ALTER TABLE @CURRENT@ ENABLE ALWAYS TRIGGER "immu_projection";
 
 -- Checks each inserted version against the entity's latest (SQLSTATE IMMU2) and makes it the

@@ -29,6 +29,7 @@ ALTER TABLE "order" ENABLE ALWAYS TRIGGER "immu_append_only";
 
 -- The latest version of each entity (tombstones included), kept in step by the trigger below and
 -- writable by nothing else: what current reads and lists scan, and the target of foreign keys.
+-- Statements run by a trigger (depth 1 and more) pass the WHEN clause without a function call.
 CREATE TABLE "order_current" (
     "id"         uuid         NOT NULL,
     "entity_id"  uuid         NOT NULL,
@@ -46,7 +47,8 @@ CREATE TABLE "order_current" (
 ) WITH (fillfactor = 90);
 CREATE TRIGGER "immu_projection"
     BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON "order_current"
-    FOR EACH STATEMENT EXECUTE FUNCTION immu.refuse_projection_change('order');
+    FOR EACH STATEMENT WHEN (pg_trigger_depth() < 1)
+    EXECUTE FUNCTION immu.refuse_projection_change('order');
 ALTER TABLE "order_current" ENABLE ALWAYS TRIGGER "immu_projection";
 
 -- Checks each inserted version against the entity's latest (SQLSTATE IMMU2) and makes it the
@@ -113,7 +115,8 @@ CREATE PROCEDURE "order_immu_append"(uuid, uuid, bigint, bigint, text, integer, 
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
-    WITH "latest" AS (SELECT * FROM "order_immu_latest"($2, $3)), "appended" AS (INSERT INTO "order" ("id", "entity_id", "version", "valid_from", "deleted_at", "user", "select", "note", "lines", "status", "payload", "due") SELECT $1, "latest"."entity_id", "latest"."version" + 1, GREATEST(clock_timestamp(), "latest"."valid_from"), NULL::timestamptz, $5, $6, $7, $8, $9, $10, $11 FROM "latest" WHERE "latest"."deleted_at" IS NULL AND ($4 IS NULL OR "latest"."version" = $4) RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "user", "select", "note", "lines", "status", "payload", "due") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."user", "appended"."select", "appended"."note", "appended"."lines", "appended"."status", "appended"."payload", "appended"."due", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
+    PERFORM pg_advisory_xact_lock($3);
+    WITH "latest" AS (SELECT * FROM "order_current" WHERE "entity_id" = $2), "appended" AS (INSERT INTO "order" ("id", "entity_id", "version", "valid_from", "deleted_at", "user", "select", "note", "lines", "status", "payload", "due") SELECT $1, "latest"."entity_id", "latest"."version" + 1, GREATEST(clock_timestamp(), "latest"."valid_from"), NULL::timestamptz, $5, $6, $7, $8, $9, $10, $11 FROM "latest" WHERE "latest"."deleted_at" IS NULL AND ($4 IS NULL OR "latest"."version" = $4) RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "user", "select", "note", "lines", "status", "payload", "due") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."user", "appended"."select", "appended"."note", "appended"."lines", "appended"."status", "appended"."payload", "appended"."due", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
         INTO "o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9", "o10", "o11", "o12", "o13", "o14";
     COMMIT;
 END
@@ -122,7 +125,8 @@ CREATE PROCEDURE "order_immu_delete"(uuid, uuid, bigint, OUT "o1" uuid, OUT "o2"
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
-    WITH "latest" AS (SELECT * FROM "order_immu_latest"($2, $3)), "appended" AS (INSERT INTO "order" ("id", "entity_id", "version", "valid_from", "deleted_at", "user", "select", "note", "lines", "status", "payload", "due") SELECT $1, "latest"."entity_id", "latest"."version" + 1, "next"."ts", "next"."ts", "latest"."user", "latest"."select", "latest"."note", "latest"."lines", "latest"."status", "latest"."payload", "latest"."due" FROM "latest" INNER JOIN LATERAL (SELECT GREATEST(clock_timestamp(), "latest"."valid_from") AS "ts") AS "next" ON TRUE WHERE "latest"."deleted_at" IS NULL RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "user", "select", "note", "lines", "status", "payload", "due") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."user", "appended"."select", "appended"."note", "appended"."lines", "appended"."status", "appended"."payload", "appended"."due", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
+    PERFORM pg_advisory_xact_lock($3);
+    WITH "latest" AS (SELECT * FROM "order_current" WHERE "entity_id" = $2), "appended" AS (INSERT INTO "order" ("id", "entity_id", "version", "valid_from", "deleted_at", "user", "select", "note", "lines", "status", "payload", "due") SELECT $1, "latest"."entity_id", "latest"."version" + 1, "next"."ts", "next"."ts", "latest"."user", "latest"."select", "latest"."note", "latest"."lines", "latest"."status", "latest"."payload", "latest"."due" FROM "latest" INNER JOIN LATERAL (SELECT GREATEST(clock_timestamp(), "latest"."valid_from") AS "ts") AS "next" ON TRUE WHERE "latest"."deleted_at" IS NULL RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "user", "select", "note", "lines", "status", "payload", "due") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."user", "appended"."select", "appended"."note", "appended"."lines", "appended"."status", "appended"."payload", "appended"."due", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
         INTO "o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9", "o10", "o11", "o12", "o13", "o14";
     COMMIT;
 END
@@ -131,7 +135,8 @@ CREATE PROCEDURE "order_immu_undelete"(uuid, uuid, bigint, OUT "o1" uuid, OUT "o
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
-    WITH "latest" AS (SELECT * FROM "order_immu_latest"($2, $3)), "appended" AS (INSERT INTO "order" ("id", "entity_id", "version", "valid_from", "deleted_at", "user", "select", "note", "lines", "status", "payload", "due") SELECT $1, "latest"."entity_id", "latest"."version" + 1, "next"."ts", NULL::timestamptz, "latest"."user", "latest"."select", "latest"."note", "latest"."lines", "latest"."status", "latest"."payload", "latest"."due" FROM "latest" INNER JOIN LATERAL (SELECT GREATEST(clock_timestamp(), "latest"."valid_from") AS "ts") AS "next" ON TRUE WHERE "latest"."deleted_at" IS NOT NULL RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "user", "select", "note", "lines", "status", "payload", "due") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."user", "appended"."select", "appended"."note", "appended"."lines", "appended"."status", "appended"."payload", "appended"."due", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
+    PERFORM pg_advisory_xact_lock($3);
+    WITH "latest" AS (SELECT * FROM "order_current" WHERE "entity_id" = $2), "appended" AS (INSERT INTO "order" ("id", "entity_id", "version", "valid_from", "deleted_at", "user", "select", "note", "lines", "status", "payload", "due") SELECT $1, "latest"."entity_id", "latest"."version" + 1, "next"."ts", NULL::timestamptz, "latest"."user", "latest"."select", "latest"."note", "latest"."lines", "latest"."status", "latest"."payload", "latest"."due" FROM "latest" INNER JOIN LATERAL (SELECT GREATEST(clock_timestamp(), "latest"."valid_from") AS "ts") AS "next" ON TRUE WHERE "latest"."deleted_at" IS NOT NULL RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "user", "select", "note", "lines", "status", "payload", "due") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."user", "appended"."select", "appended"."note", "appended"."lines", "appended"."status", "appended"."payload", "appended"."due", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
         INTO "o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9", "o10", "o11", "o12", "o13", "o14";
     COMMIT;
 END

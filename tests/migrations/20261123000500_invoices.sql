@@ -26,6 +26,7 @@ ALTER TABLE "invoices" ENABLE ALWAYS TRIGGER "immu_append_only";
 
 -- The latest version of each entity (tombstones included), kept in step by the trigger below and
 -- writable by nothing else: what current reads and lists scan, and the target of foreign keys.
+-- Statements run by a trigger (depth 1 and more) pass the WHEN clause without a function call.
 CREATE TABLE "invoices_current" (
     "id"          uuid        NOT NULL,
     "entity_id"   uuid        NOT NULL,
@@ -39,7 +40,8 @@ CREATE TABLE "invoices_current" (
 ) WITH (fillfactor = 90);
 CREATE TRIGGER "immu_projection"
     BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON "invoices_current"
-    FOR EACH STATEMENT EXECUTE FUNCTION immu.refuse_projection_change('invoices');
+    FOR EACH STATEMENT WHEN (pg_trigger_depth() < 1)
+    EXECUTE FUNCTION immu.refuse_projection_change('invoices');
 ALTER TABLE "invoices_current" ENABLE ALWAYS TRIGGER "immu_projection";
 
 -- Checks each inserted version against the entity's latest (SQLSTATE IMMU2) and makes it the
@@ -106,7 +108,8 @@ CREATE PROCEDURE "invoices_immu_append"(uuid, uuid, bigint, bigint, uuid, bigint
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
-    WITH "latest" AS (SELECT * FROM "invoices_immu_latest"($2, $3)), "appended" AS (INSERT INTO "invoices" ("id", "entity_id", "version", "valid_from", "deleted_at", "customer_id", "total", "status") SELECT $1, "latest"."entity_id", "latest"."version" + 1, GREATEST(clock_timestamp(), "latest"."valid_from"), NULL::timestamptz, $5, $6, $7 FROM "latest" WHERE "latest"."deleted_at" IS NULL AND ($4 IS NULL OR "latest"."version" = $4) RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "customer_id", "total", "status") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."customer_id", "appended"."total", "appended"."status", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
+    PERFORM pg_advisory_xact_lock($3);
+    WITH "latest" AS (SELECT * FROM "invoices_current" WHERE "entity_id" = $2), "appended" AS (INSERT INTO "invoices" ("id", "entity_id", "version", "valid_from", "deleted_at", "customer_id", "total", "status") SELECT $1, "latest"."entity_id", "latest"."version" + 1, GREATEST(clock_timestamp(), "latest"."valid_from"), NULL::timestamptz, $5, $6, $7 FROM "latest" WHERE "latest"."deleted_at" IS NULL AND ($4 IS NULL OR "latest"."version" = $4) RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "customer_id", "total", "status") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."customer_id", "appended"."total", "appended"."status", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
         INTO "o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9", "o10";
     COMMIT;
 END
@@ -115,7 +118,8 @@ CREATE PROCEDURE "invoices_immu_delete"(uuid, uuid, bigint, OUT "o1" uuid, OUT "
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
-    WITH "latest" AS (SELECT * FROM "invoices_immu_latest"($2, $3)), "appended" AS (INSERT INTO "invoices" ("id", "entity_id", "version", "valid_from", "deleted_at", "customer_id", "total", "status") SELECT $1, "latest"."entity_id", "latest"."version" + 1, "next"."ts", "next"."ts", "latest"."customer_id", "latest"."total", "latest"."status" FROM "latest" INNER JOIN LATERAL (SELECT GREATEST(clock_timestamp(), "latest"."valid_from") AS "ts") AS "next" ON TRUE WHERE "latest"."deleted_at" IS NULL RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "customer_id", "total", "status") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."customer_id", "appended"."total", "appended"."status", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
+    PERFORM pg_advisory_xact_lock($3);
+    WITH "latest" AS (SELECT * FROM "invoices_current" WHERE "entity_id" = $2), "appended" AS (INSERT INTO "invoices" ("id", "entity_id", "version", "valid_from", "deleted_at", "customer_id", "total", "status") SELECT $1, "latest"."entity_id", "latest"."version" + 1, "next"."ts", "next"."ts", "latest"."customer_id", "latest"."total", "latest"."status" FROM "latest" INNER JOIN LATERAL (SELECT GREATEST(clock_timestamp(), "latest"."valid_from") AS "ts") AS "next" ON TRUE WHERE "latest"."deleted_at" IS NULL RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "customer_id", "total", "status") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."customer_id", "appended"."total", "appended"."status", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
         INTO "o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9", "o10";
     COMMIT;
 END
@@ -124,7 +128,8 @@ CREATE PROCEDURE "invoices_immu_undelete"(uuid, uuid, bigint, OUT "o1" uuid, OUT
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
-    WITH "latest" AS (SELECT * FROM "invoices_immu_latest"($2, $3)), "appended" AS (INSERT INTO "invoices" ("id", "entity_id", "version", "valid_from", "deleted_at", "customer_id", "total", "status") SELECT $1, "latest"."entity_id", "latest"."version" + 1, "next"."ts", NULL::timestamptz, "latest"."customer_id", "latest"."total", "latest"."status" FROM "latest" INNER JOIN LATERAL (SELECT GREATEST(clock_timestamp(), "latest"."valid_from") AS "ts") AS "next" ON TRUE WHERE "latest"."deleted_at" IS NOT NULL RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "customer_id", "total", "status") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."customer_id", "appended"."total", "appended"."status", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
+    PERFORM pg_advisory_xact_lock($3);
+    WITH "latest" AS (SELECT * FROM "invoices_current" WHERE "entity_id" = $2), "appended" AS (INSERT INTO "invoices" ("id", "entity_id", "version", "valid_from", "deleted_at", "customer_id", "total", "status") SELECT $1, "latest"."entity_id", "latest"."version" + 1, "next"."ts", NULL::timestamptz, "latest"."customer_id", "latest"."total", "latest"."status" FROM "latest" INNER JOIN LATERAL (SELECT GREATEST(clock_timestamp(), "latest"."valid_from") AS "ts") AS "next" ON TRUE WHERE "latest"."deleted_at" IS NOT NULL RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "customer_id", "total", "status") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."customer_id", "appended"."total", "appended"."status", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
         INTO "o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9", "o10";
     COMMIT;
 END
