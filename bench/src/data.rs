@@ -72,6 +72,8 @@ pub(crate) struct Setup {
     pub(crate) library_tables: Vec<String>,
     /// The instant the as-of scenarios read at: every entity exists then, most have later versions.
     pub(crate) as_of: DateTime<Utc>,
+    /// A recent instant: the latest version of 90% of the entities is valid from it or earlier.
+    pub(crate) as_of_recent: DateTime<Utc>,
     /// Version rows in immu's table after the load.
     pub(crate) version_rows: i64,
     /// How long the load took (all three tables, vacuum included).
@@ -128,6 +130,11 @@ pub(crate) async fn prepare(
     load_versions(&mut conn, t0, entities, versions).await?;
     let version_rows: i64 =
         sqlx::query_scalar(r#"SELECT count(*) FROM "accounts""#).fetch_one(&mut *conn).await?;
+    let as_of_recent: DateTime<Utc> = sqlx::query_scalar(
+        r#"SELECT percentile_disc(0.9) WITHIN GROUP (ORDER BY "valid_from") FROM "accounts_current""#,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
     load_plain(&mut conn, versions).await?;
     let periods = match periods {
         Ok(()) => load_periods(&mut conn, versions)
@@ -149,6 +156,7 @@ pub(crate) async fn prepare(
         periods,
         library_tables,
         as_of,
+        as_of_recent,
         version_rows,
         load_time: started.elapsed(),
         server_version,
@@ -281,6 +289,8 @@ pub(crate) struct Ctx {
     pub(crate) live: Vec<(Uuid, String)>,
     /// The as-of instant.
     pub(crate) as_of: DateTime<Utc>,
+    /// A recent as-of instant: 10% of the entities have changed since.
+    pub(crate) as_of_recent: DateTime<Utc>,
     /// The entity the 32 read-modify-write clients share (balance 0 in both tables at the start).
     pub(crate) hot: Uuid,
 }
@@ -297,7 +307,7 @@ impl Ctx {
             .bind(hot)
             .execute(&setup.pool)
             .await?;
-        Ok(Ctx { live, as_of: setup.as_of, hot })
+        Ok(Ctx { live, as_of: setup.as_of, as_of_recent: setup.as_of_recent, hot })
     }
 }
 
@@ -436,23 +446,29 @@ pub(crate) async fn checks(setup: &Setup) -> Result<Vec<String>, BoxError> {
     let library_sum: i64 = library_filtered.iter().map(|a| a.balance).sum();
     check(format!("current, balance < {FILTER_BELOW}, sum of balances"), library_sum, plain_sum)?;
 
-    let group_by_as_of: i64 =
-        sqlx::query_scalar(GROUP_BY_AS_OF_COUNT).bind(setup.as_of).bind(FILTER_BELOW).fetch_one(pool).await?;
-    let library_as_of =
-        Account::query().as_of(setup.as_of).filter(Account::BALANCE.lt(FILTER_BELOW)).count(pool).await?;
-    check(
-        format!("as of, balance < {FILTER_BELOW} (library vs GROUP BY MAX)"),
-        library_as_of,
-        group_by_as_of,
-    )?;
-    if setup.periods.is_ok() {
-        let periods_as_of: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM periods_accounts__as_of($1) WHERE balance < $2")
-                .bind(setup.as_of)
-                .bind(FILTER_BELOW)
-                .fetch_one(pool)
-                .await?;
-        check(format!("as of, balance < {FILTER_BELOW} (library vs periods)"), library_as_of, periods_as_of)?;
+    for (name, at) in [("as of", setup.as_of), ("as of recent", setup.as_of_recent)] {
+        let group_by_as_of: i64 =
+            sqlx::query_scalar(GROUP_BY_AS_OF_COUNT).bind(at).bind(FILTER_BELOW).fetch_one(pool).await?;
+        let library_as_of =
+            Account::query().as_of(at).filter(Account::BALANCE.lt(FILTER_BELOW)).count(pool).await?;
+        check(
+            format!("{name}, balance < {FILTER_BELOW} (library vs GROUP BY MAX)"),
+            library_as_of,
+            group_by_as_of,
+        )?;
+        if setup.periods.is_ok() {
+            let periods_as_of: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM periods_accounts__as_of($1) WHERE balance < $2")
+                    .bind(at)
+                    .bind(FILTER_BELOW)
+                    .fetch_one(pool)
+                    .await?;
+            check(
+                format!("{name}, balance < {FILTER_BELOW} (library vs periods)"),
+                library_as_of,
+                periods_as_of,
+            )?;
+        }
     }
 
     let sample: Vec<(Uuid, i64)> =

@@ -81,7 +81,7 @@ const USAGE: &str = "usage: cargo run --release -p immu-bench -- [options]
   --no-write         print the report only
   --no-explain       leave out the EXPLAIN ANALYZE of the list shapes
   --only K1,K2,...   run only these scenarios, in this order (keys: read-current, read-as-of,
-                     list-filter, list-all, count-all, list-as-of, history, insert, update-2,
+                     list-filter, list-all, count-all, list-as-of, list-as-of-recent, history, insert, update-2,
                      update-8, hot)
 
 Without DATABASE_URL a throwaway PostgreSQL is started and removed (as for the tests).";

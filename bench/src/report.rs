@@ -136,12 +136,14 @@ impl Report<'_> {
             "- Data set: {} entities x {} versions ({} version rows, every 20th entity deleted: its last version \
              is a tombstone), loaded through immu's insert trigger in {:.1} s (all three tables, `VACUUM ANALYZE` \
              included; the projection `accounts_current`, which the one-transaction load rewrote once per \
-             version, compacted with `VACUUM FULL`). As-of instant: {} (every entity exists then; about half have later versions).",
+             version, compacted with `VACUUM FULL`). As-of instant: {} (every entity exists then; about half have later versions); \
+             recent as-of instant: {} (10% of the entities have later versions).",
             config.entities,
             config.versions,
             setup.version_rows,
             setup.load_time.as_secs_f64(),
             setup.as_of.format("%Y-%m-%d %H:%M:%S UTC"),
+            setup.as_of_recent.format("%Y-%m-%d %H:%M:%S%.6f UTC"),
         )?;
         writeln!(out, "- Machine: {}", machine())?;
         writeln!(out, "- Server: {}", setup.server_version)?;

@@ -365,7 +365,14 @@ fn group_by_count<'a>(conn: &'a mut PgConnection, _: &'a mut Worker) -> OpFuture
 }
 
 fn library_list_as_of<'a>(conn: &'a mut PgConnection, w: &'a mut Worker) -> OpFuture<'a> {
-    let at = w.ctx.as_of;
+    library_list_at(conn, w.ctx.as_of)
+}
+
+fn library_list_as_of_recent<'a>(conn: &'a mut PgConnection, w: &'a mut Worker) -> OpFuture<'a> {
+    library_list_at(conn, w.ctx.as_of_recent)
+}
+
+fn library_list_at(conn: &mut PgConnection, at: DateTime<Utc>) -> OpFuture<'_> {
     Box::pin(async move {
         black_box(
             Account::query().as_of(at).filter(Account::BALANCE.lt(FILTER_BELOW)).fetch_all(conn).await?,
@@ -375,7 +382,14 @@ fn library_list_as_of<'a>(conn: &'a mut PgConnection, w: &'a mut Worker) -> OpFu
 }
 
 fn periods_list_as_of<'a>(conn: &'a mut PgConnection, w: &'a mut Worker) -> OpFuture<'a> {
-    let at = w.ctx.as_of;
+    periods_list_at(conn, w.ctx.as_of)
+}
+
+fn periods_list_as_of_recent<'a>(conn: &'a mut PgConnection, w: &'a mut Worker) -> OpFuture<'a> {
+    periods_list_at(conn, w.ctx.as_of_recent)
+}
+
+fn periods_list_at(conn: &mut PgConnection, at: DateTime<Utc>) -> OpFuture<'_> {
     Box::pin(async move {
         let rows: Vec<PeriodsRow> =
             sqlx::query_as(PERIODS_LIST_AS_OF).bind(at).bind(FILTER_BELOW).fetch_all(conn).await?;
@@ -385,7 +399,14 @@ fn periods_list_as_of<'a>(conn: &'a mut PgConnection, w: &'a mut Worker) -> OpFu
 }
 
 fn group_by_as_of<'a>(conn: &'a mut PgConnection, w: &'a mut Worker) -> OpFuture<'a> {
-    let at = w.ctx.as_of;
+    group_by_at(conn, w.ctx.as_of)
+}
+
+fn group_by_as_of_recent<'a>(conn: &'a mut PgConnection, w: &'a mut Worker) -> OpFuture<'a> {
+    group_by_at(conn, w.ctx.as_of_recent)
+}
+
+fn group_by_at(conn: &mut PgConnection, at: DateTime<Utc>) -> OpFuture<'_> {
     Box::pin(async move {
         let sql = texts().group_by_list_as_of.as_str();
         let rows: Vec<VersionRow> =
@@ -570,7 +591,35 @@ pub(crate) fn all(periods: bool) -> Vec<Scenario> {
                 )),
             ]),
             target: Target::FasterThanPeriods,
-            note: "the floor is the plain current list (a plain table has no past); the target is the periods peer",
+            note: "the floor is the plain current list (a plain table has no past); the target is the periods peer; \
+                   about half of the entities have changed since the instant",
+        },
+        Scenario {
+            key: "list-as-of-recent",
+            title: "as-of list at a recent instant (10% changed since), filter matching 1%",
+            clients: 1,
+            unit: Unit::Latency,
+            variants: with(vec![
+                Some(v(Role::Floor, "current list WHERE balance < 1000 (no history)", plain_list_filter)),
+                Some(v(
+                    Role::Library,
+                    "query().as_of(recent).filter(BALANCE.lt(1000)).fetch_all",
+                    library_list_as_of_recent,
+                )),
+                peer(v(
+                    Role::Periods,
+                    "periods_accounts__as_of(recent) WHERE balance < 1000",
+                    periods_list_as_of_recent,
+                )),
+                Some(v(
+                    Role::GroupByMax,
+                    "JOIN (GROUP BY entity_id MAX(version) WHERE valid_from <= recent)",
+                    group_by_as_of_recent,
+                )),
+            ]),
+            target: Target::FasterThanPeriods,
+            note: "the instant after which 10% of the entities have a newer version (the 90th percentile of the \
+                   latest versions' valid_from): the library reads the other 90% from the projection",
         },
         Scenario {
             key: "history",

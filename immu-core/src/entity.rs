@@ -44,8 +44,8 @@ pub struct ColumnDef {
     /// Whether the field is stored as JSON through serde (`#[immu(json)]`).
     pub json: bool,
     /// The table of the entity this column refers to (`#[immu(references = Customer)]`): the
-    /// column holds that entity's `entity_id`, and the DDL adds a foreign key to its identity
-    /// table.
+    /// column holds that entity's `entity_id`, and the DDL adds a foreign key to its projection
+    /// table (`<table>_current`, one row per entity).
     pub references: Option<&'static str>,
 }
 

@@ -107,7 +107,7 @@ pub enum Error {
     },
 
     /// The database refused a reference to an entity that does not exist: a foreign key
-    /// (`#[immu(references = ...)]`) to the referenced entity's identity table.
+    /// (`#[immu(references = ...)]`) to the referenced entity's projection table.
     #[error("{table}: {constraint} refused the reference: {detail}")]
     UnknownReference {
         /// The referring table.

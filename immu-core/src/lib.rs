@@ -40,9 +40,9 @@
 //!
 //! | column       | type          | meaning                                                        |
 //! |--------------|---------------|----------------------------------------------------------------|
-//! | `id`         | `uuid`        | this version row (UUIDv7), unique                              |
+//! | `id`         | `uuid`        | this version row (UUIDv7)                                      |
 //! | `entity_id`  | `uuid`        | the entity, stable across versions (UUIDv7)                    |
-//! | `version`    | `bigint`      | 1, 2, 3, ... without gaps; `(entity_id, version)` is the key   |
+//! | `version`    | `bigint`      | 1, 2, 3, ... without gaps, never repeated                      |
 //! | `valid_from` | `timestamptz` | when this version became current (database clock)              |
 //! | `deleted_at` | `timestamptz` | set only on a tombstone, the version a delete appends          |
 //! | your fields  | mapped        | see [`ColumnType`], `#[immu(json)]`, `#[immu(sql_type)]`        |

@@ -192,7 +192,7 @@ where
 /// "accounts"."version" = (SELECT MAX("immu_v"."version") FROM "accounts" AS "immu_v"
 ///     WHERE "immu_v"."entity_id" = "accounts"."entity_id")
 /// AND "accounts"."deleted_at" IS NULL
-/// -- as of T: the `latest` shape, one probe of the as-of index however long the history
+/// -- as of T: the `latest` shape, one probe of the primary key however long the history
 /// "accounts"."valid_from" <= $1 AND "accounts"."version" = (SELECT "immu_v"."version"
 ///     FROM "accounts" AS "immu_v" WHERE "immu_v"."entity_id" = "accounts"."entity_id"
 ///     AND "immu_v"."valid_from" <= $2 ORDER BY "immu_v"."valid_from" DESC, "immu_v"."version" DESC LIMIT 1)

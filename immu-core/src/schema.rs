@@ -65,7 +65,7 @@ const RESERVED: [(&str, &str, bool); 5] = [
 ];
 
 /// Longest table name immu accepts: names of the indexes it derives from the table name
-/// (`<table>_as_of_idx`, ...) must stay within PostgreSQL's 63 bytes, which it would otherwise
+/// (`<table>_current_pkey`, ...) must stay within PostgreSQL's 63 bytes, which it would otherwise
 /// truncate silently.
 pub const MAX_TABLE_NAME_LEN: usize = 48;
 /// PostgreSQL's identifier length limit (`NAMEDATALEN - 1`).

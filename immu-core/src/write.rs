@@ -9,9 +9,10 @@
 //!    `valid_from = GREATEST(clock_timestamp(), latest.valid_from)`, and returns the appended row
 //!    with the latest version's number and tombstone, which explain a refusal (deleted, not
 //!    deleted, version moved) without another query;
-//! 3. the lock is held until the transaction ends: the statement runs in a transaction of its own
-//!    (`BEGIN`, the statement, `COMMIT`; see [`one_statement`] for why not autocommit), or in a
-//!    savepoint of the caller's, so that a failure leaves that transaction usable;
+//! 3. the lock is held until the transaction ends: outside a caller's transaction the statement
+//!    runs in a procedure of the table that commits before it returns (see [`one_statement`] for
+//!    why not a bare autocommit statement), inside one in a savepoint, so that a failure leaves
+//!    that transaction usable;
 //! 4. the table's insert trigger makes the new version the entity's row in `<table>_current`,
 //!    replacing the version it follows; if another writer took the version number first (a stale
 //!    `REPEATABLE READ`/`SERIALIZABLE` snapshot, or a writer that bypassed the lock), that fails

@@ -97,7 +97,7 @@ use syn::{DeriveInput, parse_macro_input};
 ///
 /// Table and column names must be non-empty, use only ASCII letters, digits and `_`, and not
 /// start with a digit; columns are limited to 63 bytes (PostgreSQL's limit) and tables to 48
-/// (so that the index names immu derives from them, such as `<table>_as_of_idx`, fit in 63).
+/// (so that the index names immu derives from them, such as `<table>_current_pkey`, fit in 63).
 /// SQL keywords (`order`, `user`, `select`, ...) are fine: immu quotes every identifier.
 ///
 /// # Compile errors

@@ -10,7 +10,7 @@ pub(crate) const RESERVED_COLUMNS: [&str; 5] = ["id", "entity_id", "version", "v
 /// PostgreSQL's identifier length limit (`NAMEDATALEN - 1`).
 pub(crate) const MAX_IDENTIFIER_LEN: usize = 63;
 
-/// Longest table name: the index names immu derives from it (`<table>_as_of_idx`, ...) must fit
+/// Longest table name: the index names immu derives from it (`<table>_current_pkey`, ...) must fit
 /// in [`MAX_IDENTIFIER_LEN`] (`immu_core::schema::MAX_TABLE_NAME_LEN`).
 pub(crate) const MAX_TABLE_NAME_LEN: usize = 48;
 
@@ -51,7 +51,7 @@ pub(crate) fn identifier_problem(name: &str, kind: NameKind) -> Option<String> {
     match kind {
         NameKind::Table if len > MAX_TABLE_NAME_LEN => Some(format!(
             "it is {len} bytes long; table names are limited to {MAX_TABLE_NAME_LEN} bytes so that the \
-             index names immu derives from them (`<table>_as_of_idx`, ...) fit in PostgreSQL's \
+             index names immu derives from them (`<table>_current_pkey`, ...) fit in PostgreSQL's \
              {MAX_IDENTIFIER_LEN}-byte limit"
         )),
         NameKind::Column if len > MAX_IDENTIFIER_LEN => Some(format!(
