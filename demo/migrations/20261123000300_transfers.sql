@@ -58,7 +58,7 @@ BEGIN
     IF NEW."version" = 1 THEN
         INSERT INTO "transfers_current" VALUES (NEW.*) ON CONFLICT DO NOTHING;
     ELSE
-        UPDATE "transfers_current" SET ("id", "entity_id", "version", "valid_from", "deleted_at", "from_account", "to_account", "amount") = (NEW."id", NEW."entity_id", NEW."version", NEW."valid_from", NEW."deleted_at", NEW."from_account", NEW."to_account", NEW."amount")
+        UPDATE "transfers_current" SET ("id", "version", "valid_from", "deleted_at", "from_account", "to_account", "amount") = (NEW."id", NEW."version", NEW."valid_from", NEW."deleted_at", NEW."from_account", NEW."to_account", NEW."amount")
             WHERE "entity_id" = NEW."entity_id" AND "version" = NEW."version" - 1 AND "valid_from" <= NEW."valid_from";
     END IF;
     IF NOT FOUND THEN

@@ -219,7 +219,7 @@ pub fn validate_table(table: &TableDef) -> Result<()> {
 ///     IF NEW."version" = 1 THEN
 ///         INSERT INTO "accounts_current" VALUES (NEW.*) ON CONFLICT DO NOTHING;
 ///     ELSE
-///         UPDATE "accounts_current" SET ("id", "entity_id", "version", "valid_from", "deleted_at", "owner", "balance") = (NEW."id", NEW."entity_id", NEW."version", NEW."valid_from", NEW."deleted_at", NEW."owner", NEW."balance")
+///         UPDATE "accounts_current" SET ("id", "version", "valid_from", "deleted_at", "owner", "balance") = (NEW."id", NEW."version", NEW."valid_from", NEW."deleted_at", NEW."owner", NEW."balance")
 ///             WHERE "entity_id" = NEW."entity_id" AND "version" = NEW."version" - 1 AND "valid_from" <= NEW."valid_from";
 ///     END IF;
 ///     IF NOT FOUND THEN
@@ -357,8 +357,15 @@ pub fn create_table_for(table: &TableDef) -> Result<String> {
         .replace("@CURRENT@", &quote(&current))
         .replace("@CHECK_FN@", &quote(&format!("{name}_immu_check")))
         .replace("@LATEST_FN@", &quote(&crate::sql::latest_function_name(name)))
-        .replace("@ALL@", &all.clone().map(quote).collect::<Vec<_>>().join(", "))
-        .replace("@NEW_ALL@", &all.map(|c| format!("NEW.{}", quote(c))).collect::<Vec<_>>().join(", "))
+        // Every column but the key, which the row keeps.
+        .replace("@SET@", &all.clone().filter(|c| *c != ENTITY_ID).map(quote).collect::<Vec<_>>().join(", "))
+        .replace(
+            "@NEW_SET@",
+            &all.filter(|c| *c != ENTITY_ID)
+                .map(|c| format!("NEW.{}", quote(c)))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
         .replace("@PROCEDURES@", &procedures(table))
         .replace("@COLUMNS@", &lines.join(",\n"));
     Ok(ddl)
@@ -434,7 +441,7 @@ BEGIN
     IF NEW."version" = 1 THEN
         INSERT INTO @CURRENT@ VALUES (NEW.*) ON CONFLICT DO NOTHING;
     ELSE
-        UPDATE @CURRENT@ SET (@ALL@) = (@NEW_ALL@)
+        UPDATE @CURRENT@ SET (@SET@) = (@NEW_SET@)
             WHERE "entity_id" = NEW."entity_id" AND "version" = NEW."version" - 1 AND "valid_from" <= NEW."valid_from";
     END IF;
     IF NOT FOUND THEN

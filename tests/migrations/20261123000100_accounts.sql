@@ -54,7 +54,7 @@ BEGIN
     IF NEW."version" = 1 THEN
         INSERT INTO "accounts_current" VALUES (NEW.*) ON CONFLICT DO NOTHING;
     ELSE
-        UPDATE "accounts_current" SET ("id", "entity_id", "version", "valid_from", "deleted_at", "owner", "balance") = (NEW."id", NEW."entity_id", NEW."version", NEW."valid_from", NEW."deleted_at", NEW."owner", NEW."balance")
+        UPDATE "accounts_current" SET ("id", "version", "valid_from", "deleted_at", "owner", "balance") = (NEW."id", NEW."version", NEW."valid_from", NEW."deleted_at", NEW."owner", NEW."balance")
             WHERE "entity_id" = NEW."entity_id" AND "version" = NEW."version" - 1 AND "valid_from" <= NEW."valid_from";
     END IF;
     IF NOT FOUND THEN

@@ -64,7 +64,7 @@ BEGIN
     IF NEW."version" = 1 THEN
         INSERT INTO "order_current" VALUES (NEW.*) ON CONFLICT DO NOTHING;
     ELSE
-        UPDATE "order_current" SET ("id", "entity_id", "version", "valid_from", "deleted_at", "user", "select", "note", "lines", "status", "payload", "due") = (NEW."id", NEW."entity_id", NEW."version", NEW."valid_from", NEW."deleted_at", NEW."user", NEW."select", NEW."note", NEW."lines", NEW."status", NEW."payload", NEW."due")
+        UPDATE "order_current" SET ("id", "version", "valid_from", "deleted_at", "user", "select", "note", "lines", "status", "payload", "due") = (NEW."id", NEW."version", NEW."valid_from", NEW."deleted_at", NEW."user", NEW."select", NEW."note", NEW."lines", NEW."status", NEW."payload", NEW."due")
             WHERE "entity_id" = NEW."entity_id" AND "version" = NEW."version" - 1 AND "valid_from" <= NEW."valid_from";
     END IF;
     IF NOT FOUND THEN

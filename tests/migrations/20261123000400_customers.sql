@@ -54,7 +54,7 @@ BEGIN
     IF NEW."version" = 1 THEN
         INSERT INTO "customers_current" VALUES (NEW.*) ON CONFLICT DO NOTHING;
     ELSE
-        UPDATE "customers_current" SET ("id", "entity_id", "version", "valid_from", "deleted_at", "name", "tier") = (NEW."id", NEW."entity_id", NEW."version", NEW."valid_from", NEW."deleted_at", NEW."name", NEW."tier")
+        UPDATE "customers_current" SET ("id", "version", "valid_from", "deleted_at", "name", "tier") = (NEW."id", NEW."version", NEW."valid_from", NEW."deleted_at", NEW."name", NEW."tier")
             WHERE "entity_id" = NEW."entity_id" AND "version" = NEW."version" - 1 AND "valid_from" <= NEW."valid_from";
     END IF;
     IF NOT FOUND THEN

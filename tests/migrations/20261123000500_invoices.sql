@@ -57,7 +57,7 @@ BEGIN
     IF NEW."version" = 1 THEN
         INSERT INTO "invoices_current" VALUES (NEW.*) ON CONFLICT DO NOTHING;
     ELSE
-        UPDATE "invoices_current" SET ("id", "entity_id", "version", "valid_from", "deleted_at", "customer_id", "total", "status") = (NEW."id", NEW."entity_id", NEW."version", NEW."valid_from", NEW."deleted_at", NEW."customer_id", NEW."total", NEW."status")
+        UPDATE "invoices_current" SET ("id", "version", "valid_from", "deleted_at", "customer_id", "total", "status") = (NEW."id", NEW."version", NEW."valid_from", NEW."deleted_at", NEW."customer_id", NEW."total", NEW."status")
             WHERE "entity_id" = NEW."entity_id" AND "version" = NEW."version" - 1 AND "valid_from" <= NEW."valid_from";
     END IF;
     IF NOT FOUND THEN
