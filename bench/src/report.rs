@@ -449,8 +449,8 @@ fn buys(name: &str, definition: &str) -> &'static str {
              path's latest-version read, the target of foreign keys"
         }
         ("accounts_pkey", _) => {
-            "history: as-of read and as-of list (one probe per entity however long its history), \
-             history in order, version lookup; with the insert trigger, no duplicate version"
+            "history: as-of read and the as-of list's probes (one per entity changed since the instant, \
+             however long its history), history in order, version lookup"
         }
         _ => "—",
     }

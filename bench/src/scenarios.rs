@@ -659,7 +659,8 @@ pub(crate) fn all(periods: bool) -> Vec<Scenario> {
             ]),
             target: Target::AtLeastAndAbovePeriods(0.8),
             note: "each client writes its own share of the entities; the floor's UPDATE changes no indexed \
-                   column (a HOT update: no index is touched), the library appends a row to three indexes",
+                   column (a HOT update: no index is touched), the library appends a history row (one index entry) and its trigger moves the projection row \
+                   (a HOT update)",
         },
         Scenario {
             key: "update-8",
