@@ -446,12 +446,33 @@ fn reaper_cleans_up_after_ctrl_c() {
     let url = helper_value(&output, "URL").unwrap();
     assert_eq!(query(&url, "select 1"), "1");
 
+    // A process started in the background by a non-interactive shell inherits SIGINT ignored, and
+    // an ignored signal cannot be restored without unsafe code: there Ctrl-C could not stop the
+    // helper anyway, so the group gets SIGTERM, which ends it the same way (no destructor runs).
+    let signal = if sigint_ignored(child.0.id()) {
+        eprintln!(
+            "SIGINT is ignored in this environment (started in the background?): sending SIGTERM instead"
+        );
+        "-TERM"
+    } else {
+        "-INT"
+    };
     let group = format!("-{}", child.0.id());
-    let status = Command::new("kill").args(["-INT", "--", &group]).status().unwrap();
+    let status = Command::new("kill").args([signal, "--", &group]).status().unwrap();
     assert!(status.success());
     child.0.wait().unwrap();
     wait_gone(&dir, Duration::from_secs(10));
     assert!(psql(&url, "select 1").is_err());
+}
+
+/// Whether process `pid` ignores SIGINT (bit 1 of `SigIgn` in `/proc/<pid>/status`).
+fn sigint_ignored(pid: u32) -> bool {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (2 - 1)) != 0)
 }
 
 #[test]
