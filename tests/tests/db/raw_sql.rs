@@ -18,6 +18,7 @@ immu_tests::tests![
     infinite_or_non_positive_versions_and_times_are_refused,
     tombstone_must_be_stamped_at_its_valid_from,
     missing_table_is_a_typed_error,
+    a_damaged_projection_is_rebuilt_from_history,
 ];
 
 /// Runs `sql` and returns the database error it fails with.
@@ -220,5 +221,60 @@ async fn missing_table_is_a_typed_error(db: Db) -> TestResult {
     assert!(err.to_string().contains("create_table"), "{err}");
     let err = NeverMigrated::find(&db.pool, Uuid::now_v7()).await.unwrap_err();
     assert!(matches!(&err, Error::MissingTable { table } if table == "never_migrated"), "{err:?}");
+    Ok(())
+}
+
+/// What the projection says, every entity (tombstones included), and what the history says.
+type Rows = Vec<(Uuid, i64, i64)>;
+async fn projection_and_history(db: &Db) -> immu_core::Result<(Rows, Rows)> {
+    let key = |v: &immu_core::Versioned<Account>| (v.entity_id, v.version, v.balance);
+    let mut projected: Rows =
+        Account::query().with_deleted().fetch_all(&db.pool).await?.iter().map(key).collect();
+    let mut history: Rows =
+        Account::query().with_deleted().from_history().fetch_all(&db.pool).await?.iter().map(key).collect();
+    projected.sort();
+    history.sort();
+    Ok((projected, history))
+}
+
+async fn a_damaged_projection_is_rebuilt_from_history(db: Db) -> TestResult {
+    let a = Account::insert(&db.pool, Account::new("a", 1)).await?;
+    Account::modify(&db.pool, a.entity_id, |x| x.balance = 2).await?;
+    let b = Account::insert(&db.pool, Account::new("b", 10)).await?;
+    Account::delete(&db.pool, b.entity_id).await?;
+    let c = Account::insert(&db.pool, Account::new("c", 100)).await?;
+    let (projected, history) = projection_and_history(&db).await?;
+    assert_eq!(projected, history, "the trigger keeps them equal");
+
+    // Damage it the only way there is: as the owner, with the refusal trigger disabled.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE accounts_current DISABLE TRIGGER immu_projection;
+         UPDATE accounts_current SET balance = -1, version = 1 WHERE entity_id = '{a}';
+         DELETE FROM accounts_current WHERE entity_id = '{b}';
+         INSERT INTO accounts_current SELECT gen_random_uuid(), gen_random_uuid(), 1, now(), NULL, 'ghost', 0;
+         ALTER TABLE accounts_current ENABLE ALWAYS TRIGGER immu_projection;",
+        a = a.entity_id,
+        b = b.entity_id,
+    )))
+    .execute(&db.pool)
+    .await?;
+    let (projected, history) = projection_and_history(&db).await?;
+    assert_ne!(projected, history);
+
+    let mut tx = db.pool.begin().await?;
+    let rebuild = immu_core::schema::rebuild_projection::<Account>()?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(rebuild)).execute(&mut *tx).await?;
+    tx.commit().await?;
+    let (projected, history) = projection_and_history(&db).await?;
+    assert_eq!(projected, history);
+    assert_eq!(projected.len(), 3);
+    assert_eq!(Account::find(&db.pool, a.entity_id).await?.balance, 2);
+    assert!(Account::find(&db.pool, b.entity_id).await.unwrap_err().is_deleted());
+    assert_eq!(Account::find(&db.pool, c.entity_id).await?.balance, 100);
+    // The refusal is back, and writes go on from the rebuilt rows.
+    let err = refusal(&mut db.connect().await?, "DELETE FROM accounts_current").await?;
+    assert!(matches!(&err, Error::AppendOnly { table, .. } if table == "accounts_current"), "{err:?}");
+    assert_eq!(Account::modify(&db.pool, a.entity_id, |x| x.balance = 3).await?.version, 3);
+    assert_eq!(Account::undelete(&db.pool, b.entity_id).await?.version, 3);
     Ok(())
 }
