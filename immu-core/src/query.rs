@@ -68,8 +68,9 @@ pub enum Resolution {
 /// let as_of = Account::query().as_of(t).filter(Account::BALANCE.gt(100)).to_sql();
 /// // Entities unchanged since t: their current row...
 /// assert!(as_of.contains(r#"FROM "accounts_current" AS "immu_c" WHERE "immu_c"."valid_from" <= $1 UNION ALL"#));
-/// // ...the others: one probe of the history's primary key each.
-/// assert!(as_of.contains(r#"FROM "accounts" AS "immu_v" WHERE "immu_v"."entity_id" = "immu_c"."entity_id" AND "immu_v"."valid_from" <= $2 ORDER BY "immu_v"."valid_from" DESC, "immu_v"."version" DESC LIMIT $3"#));
+/// // ...the others, in key order: one probe of the history's primary key each.
+/// assert!(as_of.contains(r#"(SELECT "entity_id" FROM "accounts_current" WHERE "valid_from" > $2 ORDER BY "entity_id" ASC) AS "immu_c""#));
+/// assert!(as_of.contains(r#"FROM "accounts" AS "immu_v" WHERE "immu_v"."entity_id" = "immu_c"."entity_id" AND "immu_v"."valid_from" <= $3 ORDER BY "immu_v"."valid_from" DESC, "immu_v"."version" DESC LIMIT $4"#));
 /// assert!(as_of.ends_with(r#") AS "accounts" WHERE "accounts"."deleted_at" IS NULL AND "accounts"."balance" > $5"#));
 ///
 /// let history = Account::query().all_versions().changed_between(t, t).to_sql();
