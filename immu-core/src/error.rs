@@ -85,7 +85,9 @@ pub enum Error {
         actual: Option<i64>,
     },
 
-    /// The database refused an `UPDATE`, `DELETE` or `TRUNCATE` of a versioned table.
+    /// The database refused an `UPDATE`, `DELETE` or `TRUNCATE` of a versioned table, or any
+    /// direct change of its projection table (`<table>_current`), which only the versioned
+    /// table's trigger writes (SQLSTATE `IMMU1` for both).
     ///
     /// Converting a [`sqlx::Error`] with `Error::from` recognizes this refusal, so raw SQL run
     /// through sqlx can report it too.
@@ -93,7 +95,7 @@ pub enum Error {
     AppendOnly {
         /// The table, as the database reported it.
         table: String,
-        /// `UPDATE`, `DELETE` or `TRUNCATE`.
+        /// `UPDATE`, `DELETE` or `TRUNCATE` (or `INSERT`, for a projection table).
         operation: String,
     },
 

@@ -20,6 +20,7 @@ async fn demo_runs_end_to_end(db: Db) -> TestResult {
         "find now: Err(Deleted)",
         "save of version 1 after later changes: Err(VersionConflict)",
         r#"ERROR: UPDATE on "accounts" refused: the table is append-only"#,
+        r#"ERROR: UPDATE on "accounts_current" refused: the table is maintained by immu"#,
         "rows in accounts afterwards: 9",
     ] {
         assert!(story.contains(expected), "{expected:?} missing from the demo's output:\n{story}");
