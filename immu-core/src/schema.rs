@@ -366,7 +366,7 @@ pub fn create_table_for(table: &TableDef) -> Result<String> {
                 .collect::<Vec<_>>()
                 .join(", "),
         )
-        .replace("@PROCEDURES@", &procedures(table))
+        .replace("@PROCEDURES@", &procedure_ddl(table))
         .replace("@COLUMNS@", &lines.join(",\n"));
     Ok(ddl)
 }
@@ -421,7 +421,7 @@ ALTER TABLE {current} ENABLE ALWAYS TRIGGER "immu_projection";
 }
 
 /// The write procedures of the DDL (see [`crate::sql::procedures`]).
-fn procedures(table: &TableDef) -> String {
+fn procedure_ddl(table: &TableDef) -> String {
     let sql = crate::sql::Sql::new(table);
     let output_types: Vec<&str> = RESERVED
         .iter()

@@ -10,7 +10,7 @@
 //!    with the latest version's number and tombstone, which explain a refusal (deleted, not
 //!    deleted, version moved) without another query;
 //! 3. the lock is held until the transaction ends: outside a caller's transaction the statement
-//!    runs in a procedure of the table that commits before it returns (see [`one_statement`] for
+//!    runs in a procedure of the table that commits before it returns (see [`run_write`] for
 //!    why not a bare autocommit statement), inside one in a savepoint, so that a failure leaves
 //!    that transaction usable;
 //! 4. the table's insert trigger makes the new version the entity's row in `<table>_current`,
@@ -30,7 +30,7 @@ use crate::lock::lock_key;
 use crate::sql::latest_version_index;
 use crate::{Error, Immutable, Result, Versioned};
 
-/// Inserts a new entity at version 1: one statement, in a transaction of its own.
+/// Inserts a new entity at version 1: one statement (see [`run_write`]).
 #[tracing::instrument(level = "debug", skip_all, fields(table = T::TABLE.name))]
 pub(crate) async fn insert<'c, T, A>(db: A, value: T) -> Result<Versioned<T>>
 where
@@ -38,19 +38,19 @@ where
     A: Acquire<'c, Database = Postgres> + Send + 'c,
 {
     let (id, entity_id) = (Uuid::now_v7(), Uuid::now_v7());
-    let mut args = PgArguments::default();
-    args.add(id).map_err(sqlx::Error::Encode)?;
-    args.add(entity_id).map_err(sqlx::Error::Encode)?;
-    value.__encode(&mut args).map_err(sqlx::Error::Encode)?;
+    let args = || {
+        let mut args = PgArguments::default();
+        args.add(id).map_err(sqlx::Error::Encode)?;
+        args.add(entity_id).map_err(sqlx::Error::Encode)?;
+        value.__encode(&mut args).map_err(sqlx::Error::Encode)?;
+        Ok(args)
+    };
     let mut conn = db.acquire().await?;
     let sql = T::__sql();
-    let row = one_statement(
-        &mut conn,
-        Write { statement: &sql.insert, call: &sql.insert_call, latest: None },
-        args,
-    )
-    .await
-    .map_err(|e| write_error::<T>(e, entity_id, Intent::Insert))?;
+    let row =
+        run_write(&mut conn, Write { statement: &sql.insert, call: &sql.insert_call, latest: None }, args)
+            .await
+            .map_err(|e| write_error::<T>(e, entity_id, Intent::Insert))?;
     let row = row.ok_or(Error::Database(sqlx::Error::RowNotFound))?;
     tracing::debug!(%entity_id, "inserted version 1");
     // What was stored, as PostgreSQL returns it (timestamps at microseconds, ...).
@@ -70,10 +70,10 @@ where
     A: Acquire<'c, Database = Postgres> + Send + 'c,
 {
     let mut conn = db.acquire().await?;
-    let args = append_args(entity_id, expected, &value)?;
+    let args = || append_args(entity_id, expected, &value);
     let intent = Intent::Update { expected };
     let sql = T::__sql();
-    let row = one_statement(
+    let row = run_write(
         &mut conn,
         Write {
             statement: &sql.append,
@@ -111,7 +111,7 @@ where
     let expected = Some(current.version);
     let mut value = current.data;
     f(&mut value)?;
-    let args = append_args(entity_id, expected, &value)?;
+    let args = append_args(entity_id, expected, &value).map_err(Error::from)?;
     let intent = Intent::Update { expected };
     let row = sqlx::query_with(T::__sql().append.as_str(), args)
         .fetch_optional(&mut *tx)
@@ -171,18 +171,20 @@ where
             latest: Some(latest_version_index(&T::TABLE)),
         }
     };
-    let mut args = PgArguments::default();
-    args.add(Uuid::now_v7()).map_err(sqlx::Error::Encode)?;
-    args.add(entity_id).map_err(sqlx::Error::Encode)?;
-    args.add(lock_key(T::TABLE.name, entity_id)).map_err(sqlx::Error::Encode)?;
+    let args = || {
+        let mut args = PgArguments::default();
+        args.add(Uuid::now_v7()).map_err(sqlx::Error::Encode)?;
+        args.add(entity_id).map_err(sqlx::Error::Encode)?;
+        args.add(lock_key(T::TABLE.name, entity_id)).map_err(sqlx::Error::Encode)?;
+        Ok(args)
+    };
     let mut conn = db.acquire().await?;
-    let row =
-        one_statement(&mut conn, write, args).await.map_err(|e| write_error::<T>(e, entity_id, intent))?;
+    let row = run_write(&mut conn, write, args).await.map_err(|e| write_error::<T>(e, entity_id, intent))?;
     written(row, entity_id, intent)
 }
 
 /// The bind arguments of the append statement.
-fn append_args<T: Immutable>(entity_id: Uuid, expected: Option<i64>, value: &T) -> Result<PgArguments> {
+fn append_args<T: Immutable>(entity_id: Uuid, expected: Option<i64>, value: &T) -> sqlx::Result<PgArguments> {
     let mut args = PgArguments::default();
     args.add(Uuid::now_v7()).map_err(sqlx::Error::Encode)?;
     args.add(entity_id).map_err(sqlx::Error::Encode)?;
@@ -215,27 +217,27 @@ struct Write {
 /// transaction back, which returns the connection to the state sqlx believes it is in, and
 /// calls again.
 ///
+/// `args` builds the bind arguments (twice in that case, rather than copying them on every write).
 /// The row, if any: the statement's, or for a `CALL` (which always returns one) `None` when the
 /// latest version's number is NULL, i.e. the entity does not exist.
-async fn one_statement(
-    conn: &mut PgConnection,
-    write: Write,
-    args: PgArguments,
-) -> sqlx::Result<Option<PgRow>> {
+async fn run_write<F>(conn: &mut PgConnection, write: Write, args: F) -> sqlx::Result<Option<PgRow>>
+where
+    F: Fn() -> sqlx::Result<PgArguments> + Send,
+{
     if conn.is_in_transaction() {
         let mut tx = Connection::begin(&mut *conn).await?;
-        let row = sqlx::query_with(write.statement, args).fetch_optional(&mut *tx).await?;
+        let row = sqlx::query_with(write.statement, args()?).fetch_optional(&mut *tx).await?;
         tx.commit().await?;
         return Ok(row);
     }
-    let row = match sqlx::query_with(write.call, args.clone()).fetch_one(&mut *conn).await {
+    let row = match sqlx::query_with(write.call, args()?).fetch_one(&mut *conn).await {
         Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("2D000") => {
             tracing::warn!(
                 "the connection was inside a transaction sqlx does not track (a cancelled BEGIN, \
                  launchbadge/sqlx#4393, or a BEGIN run by hand): rolled it back before writing"
             );
             sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
-            sqlx::query_with(write.call, args).fetch_one(&mut *conn).await?
+            sqlx::query_with(write.call, args()?).fetch_one(&mut *conn).await?
         }
         other => other?,
     };
