@@ -446,8 +446,8 @@ impl<T: Immutable> Query<T> {
             return;
         };
         match source.from {
-            resolve::From::Table(name) => select.from_as(Alias::new(name), table.name),
-            resolve::From::Subquery(query) => select.from_subquery(*query, table.name),
+            resolve::Relation::Table(name) => select.from_as(Alias::new(name), table.name),
+            resolve::Relation::Subquery(query) => select.from_subquery(*query, table.name),
         };
         select.cond_where(source.condition);
     }
@@ -583,10 +583,10 @@ impl<T: Immutable, U: Immutable> Join<T, U> {
         let source = query.source(right, Some(right_at)).expect("resolved");
         let on = Expr::col((right.name, ENTITY_ID)).equals((left.name, self.on.name()));
         match source.from {
-            resolve::From::Table(name) => {
+            resolve::Relation::Table(name) => {
                 select.join_as(JoinType::InnerJoin, Alias::new(name), right.name, on)
             }
-            resolve::From::Subquery(q) => select.join_subquery(JoinType::InnerJoin, *q, right.name, on),
+            resolve::Relation::Subquery(q) => select.join_subquery(JoinType::InnerJoin, *q, right.name, on),
         };
         select.cond_where(source.condition);
         query.finish(&mut select, left);

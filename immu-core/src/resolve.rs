@@ -70,13 +70,13 @@ where
 /// the condition that keeps the resolved rows.
 pub(crate) struct Source {
     /// What the list selects from.
-    pub(crate) from: From,
+    pub(crate) from: Relation,
     /// Keeps the resolved versions (and hides tombstones unless asked for).
     pub(crate) condition: Condition,
 }
 
 /// The relation of a [`Source`].
-pub(crate) enum From {
+pub(crate) enum Relation {
     /// A table of the database.
     Table(String),
     /// A subquery.
@@ -109,9 +109,10 @@ pub(crate) fn source(table: &TableDef, at: At, deleted: bool, from_history: bool
     match at {
         At::RowInstant(_) => history(table, at, deleted),
         _ if from_history => history(table, at, deleted),
-        At::Current => {
-            Source { from: From::Table(current_table_name(table.name)), condition: hide(Condition::all()) }
-        }
+        At::Current => Source {
+            from: Relation::Table(current_table_name(table.name)),
+            condition: hide(Condition::all()),
+        },
         At::Instant(instant) => {
             let current = current_table_name(table.name);
             let (c, h) = ("immu_c", "immu_h");
@@ -140,14 +141,14 @@ pub(crate) fn source(table: &TableDef, at: At, deleted: bool, from_history: bool
                 .from_subquery(ids, c)
                 .join_lateral(JoinType::InnerJoin, probe, h, Condition::all());
             unchanged.union(UnionType::All, changed);
-            Source { from: From::Subquery(Box::new(unchanged)), condition: hide(Condition::all()) }
+            Source { from: Relation::Subquery(Box::new(unchanged)), condition: hide(Condition::all()) }
         }
     }
 }
 
 /// [`Source`] of the history table with the canonical condition.
 fn history(table: &TableDef, at: At, deleted: bool) -> Source {
-    Source { from: From::Table(table.name.to_owned()), condition: resolved(table, at, deleted) }
+    Source { from: Relation::Table(table.name.to_owned()), condition: resolved(table, at, deleted) }
 }
 
 /// `SELECT <columns> FROM <table> [AS alias] WHERE entity_id = <entity> ... LIMIT 1`: the single
