@@ -49,6 +49,32 @@ pub struct ColumnDef {
     pub references: Option<&'static str>,
 }
 
+/// Where an entity's own columns are in a row, for the code the derive generates. Not a public API.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub enum RowLayout<'a> {
+    /// At consecutive indices from the given one, in [`TableDef::columns`] order.
+    At(usize),
+    /// By name: the row names every column of the table.
+    Named,
+    /// Own column `i` at index `map[i]`.
+    Map(&'a [usize]),
+}
+
+impl RowLayout<'_> {
+    /// The index in `row` of own column `i`, named `name`.
+    pub fn index(self, row: &PgRow, i: usize, name: &str) -> std::result::Result<usize, sqlx::Error> {
+        use sqlx::{Column, Row};
+        match self {
+            RowLayout::At(first) => Ok(first + i),
+            RowLayout::Named => row.try_column(name).map(|c| c.ordinal()),
+            RowLayout::Map(map) => {
+                map.get(i).copied().ok_or_else(|| sqlx::Error::ColumnNotFound(name.to_owned()))
+            }
+        }
+    }
+}
+
 impl TableDef {
     /// Looks up one of the entity's own columns by its SQL name.
     pub fn column(&self, name: &str) -> Option<&'static ColumnDef> {
@@ -107,9 +133,14 @@ pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
     /// The entity's cached SQL statements (built once per type).
     fn __sql() -> &'static crate::sql::Sql;
 
+    /// The shape of the entity this type writes: recorded with every version it writes (the
+    /// `immu_shape` column), so that versions written by an older shape can be told apart and
+    /// converted when read. 1 unless `#[immu(shape = N)]` says otherwise.
+    const SHAPE: i32 = 1;
+
     #[doc(hidden)]
-    /// Decodes the entity's own columns from `row`, starting at column index `first`.
-    fn __decode(row: &PgRow, first: usize) -> std::result::Result<Self, sqlx::Error>;
+    /// Decodes the entity's own columns from `row`, found where `columns` says.
+    fn __decode(row: &PgRow, columns: crate::RowLayout<'_>) -> std::result::Result<Self, sqlx::Error>;
 
     #[doc(hidden)]
     /// Encodes the entity's own columns, in [`TableDef::columns`] order, as bind arguments.
@@ -295,6 +326,35 @@ pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
         I: IntoIterator<Item = (Uuid, DateTime<Utc>)>,
     {
         read::each_as_of(db, refs.into_iter().unzip())
+    }
+
+    /// The version a write stored, by the id of its version row, or `None` if no version with that
+    /// id was stored. For a write whose outcome is unknown: [`Error::OutcomeUnknown`](crate::Error::OutcomeUnknown)
+    /// carries the entity and the version row id.
+    ///
+    /// ```no_run
+    /// # use immu_core::{Error, Immutable};
+    /// # #[derive(Immutable)] #[immu(table = "accounts")] struct Account { owner: String, balance: i64 }
+    /// # async fn demo(pool: sqlx::PgPool, id: uuid::Uuid) -> immu_core::Result<()> {
+    /// match Account::update(&pool, id, Account { owner: "ada".into(), balance: 5 }).await {
+    ///     Err(Error::OutcomeUnknown { entity_id, version_id, .. }) => {
+    ///         // Later, once the broken connection's session has ended:
+    ///         let stored = Account::find_write(&pool, entity_id, version_id).await?;
+    ///         println!("stored: {}", stored.is_some());
+    ///     }
+    ///     other => { other?; }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    fn find_write<'c, E>(
+        db: E,
+        entity_id: Uuid,
+        version_id: Uuid,
+    ) -> impl Future<Output = Result<Option<Versioned<Self>>>> + Send + 'c
+    where
+        E: Executor<'c, Database = Postgres> + 'c,
+    {
+        read::by_id(db, entity_id, version_id)
     }
 
     /// Every version of the entity, tombstones included, in version order.

@@ -12,10 +12,19 @@ pub const APPEND_ONLY_SQLSTATE: &str = "IMMU1";
 /// The SQLSTATE raised by a versioned table's insert check (a row that would break the history).
 pub const INVALID_HISTORY_SQLSTATE: &str = "IMMU2";
 
+/// The SQLSTATE raised when a versioned table's columns or triggers no longer match the machinery
+/// immu generated for it ([`Error::SchemaDrift`]).
+pub const SCHEMA_DRIFT_SQLSTATE: &str = "IMMU3";
+
+/// The SQLSTATE raised when immu refuses to write because another role could run code inside its
+/// machinery ([`Error::UnsafeSetup`]).
+pub const UNSAFE_SETUP_SQLSTATE: &str = "IMMU4";
+
 /// Everything that can go wrong in an immu call.
 ///
-/// Every failed call writes nothing: writes run in their own transaction (or a savepoint of
-/// yours), which is rolled back on any error.
+/// A failed call writes nothing: writes run in their own transaction (or a savepoint of yours),
+/// which is rolled back on any error. The one exception says so: [`Error::OutcomeUnknown`], a
+/// write whose connection broke before immu could learn whether it committed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -121,7 +130,8 @@ pub enum Error {
     },
 
     /// The entity's write lock could not be taken in time: the wait ran into `lock_timeout` or
-    /// `statement_timeout`. Nothing was written; another writer held the entity that long.
+    /// `statement_timeout`. Nothing was written (immu checked: a write that committed before the
+    /// timeout hit is reported as written); another writer held the entity that long.
     #[error(
         "{table}: timed out waiting for the write lock of entity {entity_id} (lock_timeout or statement_timeout); nothing was written"
     )]
@@ -133,7 +143,8 @@ pub enum Error {
     },
 
     /// A statement was canceled: `statement_timeout` expired, or someone called
-    /// `pg_cancel_backend`. Nothing of the failed call was written.
+    /// `pg_cancel_backend`. Nothing of the failed call was written (for a write, immu checked: one
+    /// that committed before the cancel hit is reported as written).
     #[error("statement canceled: {message}")]
     Canceled {
         /// PostgreSQL's message.
@@ -192,14 +203,86 @@ pub enum Error {
         table: String,
     },
 
+    /// A write whose outcome immu cannot know: its connection broke (or its check was cut short)
+    /// after the write was sent, and the write may or may not have committed. It is never
+    /// reported as "nothing written", and retrying it blindly could store it twice.
+    ///
+    /// Find out with [`Immutable::find_write`](crate::Immutable::find_write)`(db, entity_id,
+    /// version_id)`: the version row id is the one the write carried. After a broken connection
+    /// the server may still be finishing the write for a moment (until it notices the client is
+    /// gone), so a "not stored" answer is final only once that session has ended.
+    #[error(
+        "{table}: the outcome of the write of version row {version_id} (entity {entity_id}) is unknown: {source}; it may or may not be stored, look it up with find_write"
+    )]
+    OutcomeUnknown {
+        /// Table of the entity.
+        table: &'static str,
+        /// The entity written to.
+        entity_id: Uuid,
+        /// The id of the version row the write appends, if it committed.
+        version_id: Uuid,
+        /// What went wrong.
+        source: Box<sqlx::Error>,
+    },
+
+    /// A versioned table's columns or triggers no longer match its machinery, or the entity's
+    /// struct no longer matches the table: the database refused to write (SQLSTATE `IMMU3`, after
+    /// an `ALTER TABLE` without `immu.sync_versioning`), or
+    /// [`schema::check`](crate::schema::check) found a difference. Each difference comes with
+    /// the SQL that fixes it.
+    #[error("{table}: schema drift: {}", differences.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    SchemaDrift {
+        /// The versioned table.
+        table: String,
+        /// What differs, and how to fix it.
+        differences: Vec<crate::schema::Difference>,
+    },
+
+    /// immu refused to write because a role other than the table's owner could run code inside
+    /// its machinery: it may create triggers on the table or its projection (the TRIGGER
+    /// privilege, often granted by `GRANT ALL`), or a trigger that is not immu's could change the
+    /// rows immu writes (SQLSTATE `IMMU4`). `problems` says what, with the SQL that fixes each.
+    #[error("{table}: immu refuses to write: {}", problems.join("; "))]
+    UnsafeSetup {
+        /// The versioned table.
+        table: String,
+        /// What is unsafe, each with its fix.
+        problems: Vec<String>,
+    },
+
+    /// A write routine immu generates for the table does not exist with the arguments immu
+    /// passes: the table was never made versioned, its machinery is from another release of
+    /// immu, or its columns differ from the struct's. [`schema::check`](crate::schema::check)
+    /// says which, with the fix.
+    #[error(
+        "{table}: immu's write routines do not match this table ({message}); run immu_core::schema::check to see why"
+    )]
+    MachineryMismatch {
+        /// The versioned table.
+        table: &'static str,
+        /// PostgreSQL's message.
+        message: String,
+    },
+
+    /// The database refused the statement for lack of a privilege (SQLSTATE 42501): for example
+    /// an application role writing the projection, or updating a versioned table, which it has no
+    /// privilege to do (see the README's "Permissions").
+    #[error("permission denied: {message}")]
+    PermissionDenied {
+        /// PostgreSQL's message (`permission denied for table accounts_current`).
+        message: String,
+    },
+
     /// Any other database or driver error.
     #[error(transparent)]
     Database(sqlx::Error),
 }
 
 impl Error {
-    /// Whether retrying the operation (or the caller's whole transaction) may succeed:
-    /// version conflicts, serialization failures and deadlocks.
+    /// Whether retrying the operation (or the caller's whole transaction) may succeed: version
+    /// conflicts, lock and statement timeouts, cancels, serialization failures and deadlocks;
+    /// each guarantees that the failed call wrote nothing. [`Error::OutcomeUnknown`] is not
+    /// retryable: find out first ([`Immutable::find_write`](crate::Immutable::find_write)).
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
@@ -208,6 +291,11 @@ impl Error {
                 | Error::Canceled { .. }
                 | Error::SerializationFailure { .. }
         )
+    }
+
+    /// Whether this is [`Error::OutcomeUnknown`]: a write that may or may not have been stored.
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(self, Error::OutcomeUnknown { .. })
     }
 
     /// Whether this is [`Error::NotFound`].
@@ -247,6 +335,27 @@ impl From<sqlx::Error> for Error {
                     let table = pg.and_then(|e| e.table()).unwrap_or_default().to_owned();
                     return Error::InvalidHistory { table, message: db.message().to_owned() };
                 }
+                Some(SCHEMA_DRIFT_SQLSTATE) => {
+                    let table = pg.and_then(|e| e.table()).unwrap_or_default().to_owned();
+                    let fix = pg.and_then(|e| e.hint()).unwrap_or_default();
+                    let differences = pg
+                        .and_then(|e| e.detail())
+                        .unwrap_or(db.message())
+                        .lines()
+                        .map(|line| crate::schema::Difference::new(line, fix))
+                        .collect();
+                    return Error::SchemaDrift { table, differences };
+                }
+                Some(UNSAFE_SETUP_SQLSTATE) => {
+                    let table = pg.and_then(|e| e.table()).unwrap_or_default().to_owned();
+                    let problems = pg
+                        .and_then(|e| e.detail())
+                        .unwrap_or(db.message())
+                        .lines()
+                        .map(str::to_owned)
+                        .collect();
+                    return Error::UnsafeSetup { table, problems };
+                }
                 Some("57014") => return Error::Canceled { message: db.message().to_owned() },
                 Some(code @ ("40001" | "40P01")) => {
                     return Error::SerializationFailure {
@@ -272,6 +381,7 @@ impl From<sqlx::Error> for Error {
                         detail: pg.and_then(|e| e.detail()).unwrap_or_default().to_owned(),
                     };
                 }
+                Some("42501") => return Error::PermissionDenied { message: db.message().to_owned() },
                 Some("42P01") => {
                     // undefined_table: `relation "accounts" does not exist`
                     let table = db.message().split('"').nth(1).unwrap_or_default().to_owned();

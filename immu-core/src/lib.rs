@@ -94,8 +94,13 @@ mod versioned;
 mod write;
 
 pub use column::Column;
+#[doc(hidden)]
+pub use entity::RowLayout;
 pub use entity::{ColumnDef, Immutable, RESERVED_COLUMNS, TableDef};
-pub use error::{APPEND_ONLY_SQLSTATE, Error, INVALID_HISTORY_SQLSTATE, OptionalExt, Result};
+pub use error::{
+    APPEND_ONLY_SQLSTATE, Error, INVALID_HISTORY_SQLSTATE, OptionalExt, Result, SCHEMA_DRIFT_SQLSTATE,
+    UNSAFE_SETUP_SQLSTATE,
+};
 pub use lock::lock_key;
 pub use query::{Join, Query, Resolution};
 pub use schema::ColumnType;
@@ -128,6 +133,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// Items used by the code that `#[derive(Immutable)]` generates. Not a public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::RowLayout;
     pub use crate::sql::Sql;
     pub use sqlx;
     pub use sqlx::error::BoxDynError;

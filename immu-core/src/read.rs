@@ -51,6 +51,16 @@ where
     }
 }
 
+/// The version whose version row id is `id`, if stored.
+pub(crate) async fn by_id<'c, T, E>(db: E, entity_id: Uuid, id: Uuid) -> Result<Option<Versioned<T>>>
+where
+    T: Immutable,
+    E: Executor<'c, Database = Postgres>,
+{
+    let row = sqlx::query(T::__sql().by_id.as_str()).bind(entity_id).bind(id).fetch_optional(db).await?;
+    Ok(row.as_ref().map(Versioned::decode).transpose()?)
+}
+
 /// Every version in version order.
 pub(crate) async fn history<'c, T, E>(db: E, entity_id: Uuid) -> Result<Vec<Versioned<T>>>
 where

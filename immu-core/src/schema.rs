@@ -52,17 +52,19 @@ impl<T: ColumnType> ColumnType for Option<T> {
     const NULLABLE: bool = true;
 }
 
-use crate::sql::{DELETED_AT, ENTITY_ID, ID, VALID_FROM, VERSION};
+use sqlx::{Acquire, Postgres};
+
 use crate::{Error, Immutable, Result, TableDef};
 
-/// The reserved columns: name, type, nullable.
-const RESERVED: [(&str, &str, bool); 5] = [
-    (ID, "uuid", false),
-    (ENTITY_ID, "uuid", false),
-    (VERSION, "bigint", false),
-    (VALID_FROM, "timestamptz", false),
-    (DELETED_AT, "timestamptz", true),
-];
+/// The release of the machinery (the routines and triggers immu generates in the database for each
+/// versioned table) this version of immu_core calls. immu's own migrations
+/// ([`MIGRATOR`](crate::MIGRATOR)) bring every table's machinery to it; [`check`] reports a table
+/// whose machinery is of another release.
+pub const MACHINERY_RELEASE: i32 = 2;
+
+/// The prefix of the column names immu reserves for columns of its own (`immu_shape`, and those
+/// of later releases): an entity's own columns may not start with it.
+pub const RESERVED_PREFIX: &str = "immu_";
 
 /// Longest table name immu accepts: names of the indexes it derives from the table name
 /// (`<table>_current_pkey`, ...) must stay within PostgreSQL's 63 bytes, which it would otherwise
@@ -118,6 +120,14 @@ pub fn validate_table(table: &TableDef) -> Result<()> {
                 reason: "the column name is reserved by immu",
             });
         }
+        if column.name.len() >= RESERVED_PREFIX.len()
+            && column.name[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX)
+        {
+            return Err(Error::InvalidIdentifier {
+                name: column.name.to_owned(),
+                reason: "column names starting with immu_ are reserved by immu",
+            });
+        }
         if table.columns[..i].iter().any(|c| c.name == column.name) {
             return Err(Error::InvalidIdentifier {
                 name: column.name.to_owned(),
@@ -128,20 +138,25 @@ pub fn validate_table(table: &TableDef) -> Result<()> {
     Ok(())
 }
 
-/// The DDL of `T`'s versioned table: the history table with the reserved columns, the entity's
-/// own columns (types from [`ColumnType`] or `#[immu(sql_type)]`), the constraints and foreign
-/// keys for `#[immu(references = ...)]`; the projection table `<table>_current` (each entity's
-/// latest version: what current reads and lists scan, the target of foreign keys); the trigger
-/// that checks each inserted version and keeps the projection in step; the triggers that refuse
-/// any other change of either table in the database; and the write path's lock-and-read function.
+/// The migration that creates `T`'s versioned table: a `CREATE TABLE` with the entity's own
+/// columns (types from [`ColumnType`] or `#[immu(sql_type)]`, `NOT NULL` unless the field is an
+/// `Option`, a foreign key to the referenced entity's projection for `#[immu(references = ...)]`),
+/// then `SELECT immu.add_versioning(...)`, which adds immu's columns and constraints, creates the
+/// projection `<table>_current` (each entity's latest version: what current reads scan, the target
+/// of foreign keys) and generates the machinery inside PostgreSQL: the insert trigger that checks
+/// every version and keeps the projection in step, the triggers that refuse any other change, and
+/// the write routines.
+///
+/// Put it in a migration that runs after immu's own ([`MIGRATOR`](crate::MIGRATOR)). It is short
+/// and stays valid across releases of immu: an upgrade regenerates the machinery from immu's own
+/// migrations, never from yours. Add your own constraints, defaults and indexes as you like;
+/// after changing the table's columns later, call `SELECT immu.sync_versioning('<table>')` in the
+/// same migration (see the README's "Changing an entity").
 ///
 /// Each version costs one heap row and one entry in one index, the primary key
 /// `(entity_id, valid_from, version)`, which serves as-of reads at any depth of history and
-/// version lookups. `id` has no index: add `CREATE UNIQUE INDEX ... ("id")` if you look
-/// versions up by it.
-///
-/// Paste it into a migration that runs after immu's own ([`MIGRATOR`](crate::MIGRATOR), which
-/// creates `immu.refuse_change()`).
+/// version lookups. `id` has no index: add `CREATE UNIQUE INDEX ... ("id")` if you look versions
+/// up by it alone.
 ///
 /// ```
 /// use immu_core::Immutable;
@@ -154,9 +169,9 @@ pub fn validate_table(table: &TableDef) -> Result<()> {
 /// }
 ///
 /// let ddl = immu_core::schema::create_table::<Account>().unwrap();
-/// assert!(ddl.contains(r#"CONSTRAINT "accounts_pkey" PRIMARY KEY ("entity_id", "valid_from", "version")"#));
 /// # // The text below is this file, which the test suite also checks against the database.
 /// # assert_eq!(ddl, include_str!("../../tests/migrations/20261123000100_accounts.sql"));
+/// assert!(ddl.ends_with("SELECT immu.add_versioning('\"accounts\"');\n"));
 /// println!("{ddl}");
 /// ```
 ///
@@ -164,138 +179,13 @@ pub fn validate_table(table: &TableDef) -> Result<()> {
 ///
 /// ```sql
 /// -- Versioned table of `Account`, generated by immu_core::schema::create_table.
-/// -- History is append-only: the triggers below refuse UPDATE, DELETE and TRUNCATE, and any
-/// -- inserted version that would skip or repeat a number or go back in time.
-///
-/// -- Every version of every entity. The primary key is also the as-of index: valid_from never
-/// -- decreases along an entity's versions, so it orders them like version does.
 /// CREATE TABLE "accounts" (
-///     "id"         uuid        NOT NULL,
-///     "entity_id"  uuid        NOT NULL,
-///     "version"    bigint      NOT NULL,
-///     "valid_from" timestamptz NOT NULL,
-///     "deleted_at" timestamptz,
-///     "owner"      text        NOT NULL,
-///     "balance"    bigint      NOT NULL,
-///     CONSTRAINT "accounts_pkey" PRIMARY KEY ("entity_id", "valid_from", "version"),
-///     CONSTRAINT "immu_version_positive" CHECK ("version" >= 1),
-///     CONSTRAINT "immu_valid_from_in_range" CHECK (isfinite("valid_from") AND "valid_from" < '262143-01-01 00:00:00+00'),
-///     CONSTRAINT "immu_tombstone_at_valid_from" CHECK ("deleted_at" IS NULL OR "deleted_at" = "valid_from")
+///     "owner"   text   NOT NULL,
+///     "balance" bigint NOT NULL
 /// );
-/// CREATE TRIGGER "immu_append_only"
-///     BEFORE UPDATE OR DELETE OR TRUNCATE ON "accounts"
-///     FOR EACH STATEMENT EXECUTE FUNCTION immu.refuse_change();
-/// ALTER TABLE "accounts" ENABLE ALWAYS TRIGGER "immu_append_only";
-///
-/// -- The latest version of each entity (tombstones included), kept in step by the trigger below and
-/// -- writable by nothing else: what current reads and lists scan, and the target of foreign keys.
-/// -- Statements run by a trigger (depth 1 and more) pass the WHEN clause without a function call.
-/// CREATE TABLE "accounts_current" (
-///     "id"         uuid        NOT NULL,
-///     "entity_id"  uuid        NOT NULL,
-///     "version"    bigint      NOT NULL,
-///     "valid_from" timestamptz NOT NULL,
-///     "deleted_at" timestamptz,
-///     "owner"      text        NOT NULL,
-///     "balance"    bigint      NOT NULL,
-///     CONSTRAINT "accounts_current_pkey" PRIMARY KEY ("entity_id")
-/// ) WITH (fillfactor = 90);
-/// CREATE TRIGGER "immu_projection"
-///     BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON "accounts_current"
-///     FOR EACH STATEMENT WHEN (pg_trigger_depth() < 1)
-///     EXECUTE FUNCTION immu.refuse_projection_change('accounts');
-/// ALTER TABLE "accounts_current" ENABLE ALWAYS TRIGGER "immu_projection";
-///
-/// -- Checks each inserted version against the entity's latest (SQLSTATE IMMU2) and makes it the
-/// -- latest: version 1 adds the entity's row to accounts_current, version n replaces version n - 1
-/// -- there. The row lock of that update orders concurrent writers of one entity, so a version is
-/// -- never stored twice, even by a writer that bypassed the advisory lock.
-/// CREATE FUNCTION "accounts_immu_check"() RETURNS trigger
-/// LANGUAGE plpgsql AS $$
-/// DECLARE
-///     latest_version bigint;
-///     latest_valid_from timestamptz;
-/// BEGIN
-///     IF NEW."version" = 1 THEN
-///         INSERT INTO "accounts_current" VALUES (NEW.*) ON CONFLICT DO NOTHING;
-///     ELSE
-///         UPDATE "accounts_current" SET ("id", "version", "valid_from", "deleted_at", "owner", "balance") = (NEW."id", NEW."version", NEW."valid_from", NEW."deleted_at", NEW."owner", NEW."balance")
-///             WHERE "entity_id" = NEW."entity_id" AND "version" = NEW."version" - 1 AND "valid_from" <= NEW."valid_from";
-///     END IF;
-///     IF NOT FOUND THEN
-///         SELECT "version", "valid_from" FROM "accounts_current" WHERE "entity_id" = NEW."entity_id"
-///             INTO latest_version, latest_valid_from;
-///         IF NEW."version" <> COALESCE(latest_version, 0) + 1 THEN
-///             RAISE EXCEPTION 'version % of entity % would skip or repeat a version: its latest version is %',
-///                 NEW."version", NEW."entity_id", COALESCE(latest_version, 0)
-///                 USING ERRCODE = 'IMMU2', SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
-///         END IF;
-///         RAISE EXCEPTION 'version % of entity % is valid from %, before version % (valid from %)',
-///             NEW."version", NEW."entity_id", NEW."valid_from", latest_version, latest_valid_from
-///             USING ERRCODE = 'IMMU2', SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
-///     END IF;
-///     RETURN NEW;
-/// END
-/// $$;
-/// CREATE TRIGGER "immu_check_insert"
-///     BEFORE INSERT ON "accounts"
-///     FOR EACH ROW EXECUTE FUNCTION "accounts_immu_check"();
-/// ALTER TABLE "accounts" ENABLE ALWAYS TRIGGER "immu_check_insert";
-///
-/// -- The write path's first step, in one call: takes the write lock of entity $1 (the advisory lock
-/// -- whose key $2 immu_core::lock_key computes) and returns the entity's latest version, read after
-/// -- the lock in a statement of its own.
-/// CREATE FUNCTION "accounts_immu_latest"(uuid, bigint) RETURNS SETOF "accounts_current"
-/// LANGUAGE plpgsql AS $$
-/// BEGIN
-///     PERFORM pg_advisory_xact_lock($2);
-///     RETURN QUERY SELECT * FROM "accounts_current" WHERE "entity_id" = $1;
-/// END
-/// $$;
-///
-/// -- The write path outside a caller's transaction: each procedure runs one of immu's write
-/// -- statements and commits it before it returns, in one round trip. A procedure can commit only
-/// -- when CALLed outside a transaction block: inside one (even a block the client lost track of) the
-/// -- CALL fails with SQLSTATE 2D000 instead of leaving the write uncommitted.
-/// CREATE PROCEDURE "accounts_immu_insert"(uuid, uuid, text, bigint, OUT "o1" uuid, OUT "o2" uuid, OUT "o3" bigint, OUT "o4" timestamptz, OUT "o5" timestamptz, OUT "o6" text, OUT "o7" bigint)
-/// LANGUAGE plpgsql AS $$
-/// #variable_conflict use_column
-/// BEGIN
-///     INSERT INTO "accounts" ("id", "entity_id", "version", "valid_from", "deleted_at", "owner", "balance") VALUES ($1, $2, 1, clock_timestamp(), NULL, $3, $4) RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "owner", "balance"
-///         INTO "o1", "o2", "o3", "o4", "o5", "o6", "o7";
-///     COMMIT;
-/// END
-/// $$;
-/// CREATE PROCEDURE "accounts_immu_append"(uuid, uuid, bigint, bigint, text, bigint, OUT "o1" uuid, OUT "o2" uuid, OUT "o3" bigint, OUT "o4" timestamptz, OUT "o5" timestamptz, OUT "o6" text, OUT "o7" bigint, OUT "o8" bigint, OUT "o9" timestamptz)
-/// LANGUAGE plpgsql AS $$
-/// #variable_conflict use_column
-/// BEGIN
-///     PERFORM pg_advisory_xact_lock($3);
-///     WITH "latest" AS (SELECT * FROM "accounts_current" WHERE "entity_id" = $2), "appended" AS (INSERT INTO "accounts" ("id", "entity_id", "version", "valid_from", "deleted_at", "owner", "balance") SELECT $1, "latest"."entity_id", "latest"."version" + 1, GREATEST(clock_timestamp(), "latest"."valid_from"), NULL::timestamptz, $5, $6 FROM "latest" WHERE "latest"."deleted_at" IS NULL AND ($4 IS NULL OR "latest"."version" = $4) RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "owner", "balance") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."owner", "appended"."balance", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
-///         INTO "o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9";
-///     COMMIT;
-/// END
-/// $$;
-/// CREATE PROCEDURE "accounts_immu_delete"(uuid, uuid, bigint, OUT "o1" uuid, OUT "o2" uuid, OUT "o3" bigint, OUT "o4" timestamptz, OUT "o5" timestamptz, OUT "o6" text, OUT "o7" bigint, OUT "o8" bigint, OUT "o9" timestamptz)
-/// LANGUAGE plpgsql AS $$
-/// #variable_conflict use_column
-/// BEGIN
-///     PERFORM pg_advisory_xact_lock($3);
-///     WITH "latest" AS (SELECT * FROM "accounts_current" WHERE "entity_id" = $2), "appended" AS (INSERT INTO "accounts" ("id", "entity_id", "version", "valid_from", "deleted_at", "owner", "balance") SELECT $1, "latest"."entity_id", "latest"."version" + 1, "next"."ts", "next"."ts", "latest"."owner", "latest"."balance" FROM "latest" INNER JOIN LATERAL (SELECT GREATEST(clock_timestamp(), "latest"."valid_from") AS "ts") AS "next" ON TRUE WHERE "latest"."deleted_at" IS NULL RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "owner", "balance") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."owner", "appended"."balance", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
-///         INTO "o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9";
-///     COMMIT;
-/// END
-/// $$;
-/// CREATE PROCEDURE "accounts_immu_undelete"(uuid, uuid, bigint, OUT "o1" uuid, OUT "o2" uuid, OUT "o3" bigint, OUT "o4" timestamptz, OUT "o5" timestamptz, OUT "o6" text, OUT "o7" bigint, OUT "o8" bigint, OUT "o9" timestamptz)
-/// LANGUAGE plpgsql AS $$
-/// #variable_conflict use_column
-/// BEGIN
-///     PERFORM pg_advisory_xact_lock($3);
-///     WITH "latest" AS (SELECT * FROM "accounts_current" WHERE "entity_id" = $2), "appended" AS (INSERT INTO "accounts" ("id", "entity_id", "version", "valid_from", "deleted_at", "owner", "balance") SELECT $1, "latest"."entity_id", "latest"."version" + 1, "next"."ts", NULL::timestamptz, "latest"."owner", "latest"."balance" FROM "latest" INNER JOIN LATERAL (SELECT GREATEST(clock_timestamp(), "latest"."valid_from") AS "ts") AS "next" ON TRUE WHERE "latest"."deleted_at" IS NOT NULL RETURNING "id", "entity_id", "version", "valid_from", "deleted_at", "owner", "balance") SELECT "appended"."id", "appended"."entity_id", "appended"."version", "appended"."valid_from", "appended"."deleted_at", "appended"."owner", "appended"."balance", "latest"."version", "latest"."deleted_at" FROM "latest" LEFT JOIN "appended" ON TRUE
-///         INTO "o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9";
-///     COMMIT;
-/// END
-/// $$;
+/// -- immu's columns (id, entity_id, version, valid_from, deleted_at, immu_shape), the projection
+/// -- "accounts_current" and the machinery that keeps both append-only and in step.
+/// SELECT immu.add_versioning('"accounts"');
 /// ```
 pub fn create_table<T: Immutable>() -> Result<String> {
     create_table_for(&T::TABLE)
@@ -304,83 +194,56 @@ pub fn create_table<T: Immutable>() -> Result<String> {
 /// [`create_table`] for a table description.
 pub fn create_table_for(table: &TableDef) -> Result<String> {
     validate_table(table)?;
-    let own = table.columns.iter().map(|c| (c.name, c.sql_type, c.nullable));
-    let columns: Vec<(String, &str, bool)> =
-        RESERVED.into_iter().chain(own).map(|(n, ty, null)| (quote(n), ty, null)).collect();
-    let name_width = columns.iter().map(|(n, _, _)| n.len()).max().unwrap_or(0);
-    let type_width = columns.iter().filter(|c| !c.2).map(|(_, ty, _)| ty.len()).max().unwrap_or(0);
-
-    let column_lines: Vec<String> = columns
-        .iter()
-        .map(|(name, ty, nullable)| {
-            if *nullable {
-                format!("    {name:<name_width$} {ty}")
-            } else {
-                format!("    {name:<name_width$} {ty:<type_width$} NOT NULL")
-            }
-        })
-        .collect();
-    let name = table.name;
-    let current = crate::sql::current_table_name(name);
-    let mut current_lines = column_lines.clone();
-    current_lines
-        .push(format!(r#"    CONSTRAINT {} PRIMARY KEY ("entity_id")"#, quote(&format!("{current}_pkey"))));
-    let mut lines = column_lines;
-    lines.extend([
-        format!(r#"    CONSTRAINT "{name}_pkey" PRIMARY KEY ("entity_id", "valid_from", "version")"#),
-        r#"    CONSTRAINT "immu_version_positive" CHECK ("version" >= 1)"#.to_owned(),
-        // Finite, and within what chrono (so every Rust reader) can represent.
-        r#"    CONSTRAINT "immu_valid_from_in_range" CHECK (isfinite("valid_from") AND "valid_from" < '262143-01-01 00:00:00+00')"#.to_owned(),
-        r#"    CONSTRAINT "immu_tombstone_at_valid_from" CHECK ("deleted_at" IS NULL OR "deleted_at" = "valid_from")"#.to_owned(),
-    ]);
+    let name_width = table.columns.iter().map(|c| quote(c.name).len()).max().unwrap_or(0);
+    let type_width =
+        table.columns.iter().filter(|c| !c.nullable).map(|c| c.sql_type.len()).max().unwrap_or(0);
+    let mut lines = Vec::new();
     for column in table.columns {
+        let name = quote(column.name);
+        let mut line = if column.nullable {
+            format!("    {name:<name_width$} {}", column.sql_type)
+        } else {
+            format!("    {name:<name_width$} {:<type_width$} NOT NULL", column.sql_type)
+        };
         if let Some(target) = column.references {
             validate_identifier(target)?;
-            // PostgreSQL's own naming, cut to its 63-byte limit (names are ASCII).
-            let mut constraint = format!("{name}_{}_fkey", column.name);
-            constraint.truncate(MAX_IDENTIFIER_LEN);
-            lines.push(format!(
-                "    CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} (\"entity_id\")",
-                quote(&constraint),
-                quote(column.name),
-                quote(&crate::sql::current_table_name(target)),
-            ));
+            line = format!(
+                "{} REFERENCES {} (\"entity_id\")",
+                line.trim_end(),
+                quote(&crate::sql::current_table_name(target))
+            );
         }
+        lines.push(line.trim_end().to_owned());
     }
-    let ddl = DDL_TEMPLATE
-        .replace("@RUST@", table.rust_name)
-        .replace("@TABLE_LITERAL@", &format!("'{name}'"))
-        .replace("@TABLE@", &quote(name))
-        .replace("@CURRENT_TEXT@", &current)
-        .replace("@CURRENT_COLUMNS@", &current_lines.join(",\n"))
-        .replace("@CURRENT@", &quote(&current))
-        .replace("@CHECK_FN@", &quote(&format!("{name}_immu_check")))
-        .replace("@LATEST_FN@", &quote(&crate::sql::latest_function_name(name)))
-        .replace("@SET@", &projection_update(table, ""))
-        .replace("@NEW_SET@", &projection_update(table, "NEW."))
-        .replace("@PROCEDURES@", &procedure_ddl(table))
-        .replace("@COLUMNS@", &lines.join(",\n"));
-    Ok(ddl)
+    let body = if lines.is_empty() { String::new() } else { format!("\n{}\n", lines.join(",\n")) };
+    let history = quote(table.name);
+    Ok(format!(
+        "-- Versioned table of `{rust}`, generated by immu_core::schema::create_table.\n\
+         CREATE TABLE {history} ({body});\n\
+         -- immu's columns (id, entity_id, version, valid_from, deleted_at, immu_shape), the projection\n\
+         -- {projection} and the machinery that keeps both append-only and in step.\n\
+         SELECT immu.add_versioning({literal});\n",
+        rust = table.rust_name,
+        projection = quote(&crate::sql::current_table_name(table.name)),
+        literal = literal(&history),
+    ))
 }
 
-/// SQL that rebuilds `T`'s projection table (`<table>_current`) from its history: every entity's
-/// row is set to its highest stored version, missing rows are added, rows of entities without
-/// versions are removed. The projection is only ever derived from the history, so this repairs
-/// it whatever happened to it (say, triggers disabled by hand during a restore).
+/// SQL that rebuilds `T`'s projection table (`<table>_current`) from its history:
+/// `SELECT immu.rebuild_projection('<table>')`. Every entity's row is set to its highest stored
+/// version, missing rows are added, rows of entities without versions are removed. The projection
+/// is only ever derived from the history, so this repairs it whatever happened to it (say,
+/// triggers disabled by hand during a restore). It returns the number of rows it changed.
 ///
-/// Run it as the tables' owner, inside one transaction (it disables the projection's refusal
-/// trigger for its own statements and enables it again; `ALTER TABLE` locks the table, so
-/// writers wait until the transaction ends). Every projection row is rewritten once. Removing a
-/// row that another table's foreign key still references fails, and the transaction with it.
+/// Run it as the tables' owner. Removing a row that another table's foreign key still references
+/// fails, and the statement with it.
 ///
 /// ```no_run
 /// # use immu_core::Immutable;
 /// # #[derive(Immutable)] #[immu(table = "accounts")] struct Account { owner: String, balance: i64 }
 /// # async fn demo(pool: sqlx::PgPool) -> immu_core::Result<()> {
-/// let mut tx = pool.begin().await?;
 /// let sql = immu_core::schema::rebuild_projection::<Account>()?;
-/// sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await?;
-/// tx.commit().await?;
+/// let changed: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&pool).await?;
 /// # Ok(()) }
 /// ```
 pub fn rebuild_projection<T: Immutable>() -> Result<String> {
@@ -390,144 +253,141 @@ pub fn rebuild_projection<T: Immutable>() -> Result<String> {
 /// [`rebuild_projection`] for a table description.
 pub fn rebuild_projection_for(table: &TableDef) -> Result<String> {
     validate_table(table)?;
-    let history = quote(table.name);
-    let current = quote(&crate::sql::current_table_name(table.name));
-    let set = projection_update(table, "");
-    let excluded = projection_update(table, "EXCLUDED.");
-    Ok(format!(
-        r#"-- Rebuilds {current} from {history}, generated by immu_core::schema::rebuild_projection.
-ALTER TABLE {current} DISABLE TRIGGER "immu_projection";
-INSERT INTO {current}
-    SELECT DISTINCT ON ("entity_id") * FROM {history} ORDER BY "entity_id", "valid_from" DESC, "version" DESC
-    ON CONFLICT ("entity_id") DO UPDATE SET ({set}) = ({excluded});
-DELETE FROM {current} AS "immu_c"
-    WHERE NOT EXISTS (SELECT FROM {history} AS "immu_h" WHERE "immu_h"."entity_id" = "immu_c"."entity_id");
-ALTER TABLE {current} ENABLE ALWAYS TRIGGER "immu_projection";
-"#
-    ))
+    Ok(format!("SELECT immu.rebuild_projection({})", literal(&quote(table.name))))
 }
 
-/// The columns a projection row's update sets: every column but the key, which the row keeps,
-/// each prefixed with `source` (`NEW.`, `EXCLUDED.` or nothing).
-fn projection_update(table: &TableDef, source: &str) -> String {
-    crate::sql::all_columns(table)
-        .filter(|c| *c != ENTITY_ID)
-        .map(|c| format!("{source}{}", quote(c)))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// One way in which a versioned table differs from what immu or the entity's struct needs, and
+/// the SQL (or the change to the struct) that fixes it. See [`check`] and
+/// [`Error::SchemaDrift`](crate::Error::SchemaDrift).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Difference {
+    /// What differs.
+    pub description: String,
+    /// The fix: SQL to run in a migration, or the change to make to the struct.
+    pub fix: String,
 }
 
-/// The write procedures of the DDL (see [`crate::sql::procedures`]).
-fn procedure_ddl(table: &TableDef) -> String {
-    let sql = crate::sql::Sql::new(table);
-    let output_types: Vec<&str> = RESERVED
-        .iter()
-        .map(|(_, ty, _)| *ty)
-        .chain(table.columns.iter().map(|c| c.sql_type))
-        .chain(["bigint", "timestamptz"])
-        .collect();
-    let mut out = String::new();
-    for (kind, statement, inputs) in crate::sql::procedures(table, &sql) {
-        let outputs = crate::sql::written_columns(table, kind);
-        let parameters: Vec<String> = inputs
-            .iter()
-            .map(|ty| (*ty).to_owned())
-            .chain(
-                output_types[..outputs].iter().enumerate().map(|(i, ty)| format!("OUT \"o{}\" {ty}", i + 1)),
-            )
-            .collect();
-        let targets: Vec<String> = (1..=outputs).map(|i| format!("\"o{i}\"")).collect();
-        out.push_str(&format!(
-            "CREATE PROCEDURE {}({})\nLANGUAGE plpgsql AS $$\n#variable_conflict use_column\nBEGIN\n    {statement}\n        INTO {};\n    COMMIT;\nEND\n$$;\n",
-            quote(&crate::sql::procedure_name(table.name, kind)),
-            parameters.join(", "),
-            targets.join(", "),
+impl Difference {
+    /// A difference and its fix.
+    pub fn new(description: impl Into<String>, fix: impl Into<String>) -> Difference {
+        Difference { description: description.into(), fix: fix.into() }
+    }
+}
+
+impl std::fmt::Display for Difference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (fix: {})", self.description, self.fix)
+    }
+}
+
+/// The drift check: compares `T`'s struct with its table in the database and the machinery immu
+/// generated for it. `Ok(())` when they match; otherwise [`Error::SchemaDrift`] listing every
+/// difference with the SQL that fixes it:
+///
+/// * the table is missing, not versioned, or versioned by another release of immu's machinery;
+/// * the table's columns changed since its machinery was generated (`ALTER TABLE` without
+///   `immu.sync_versioning`), immu's triggers are missing or disabled, or another role may create
+///   triggers on it;
+/// * a field has no column, or a column of another type, or the column is nullable and the field
+///   is not an `Option`;
+/// * a column the struct does not name is `NOT NULL` without a default (inserts would fail);
+/// * a `#[immu(references = ...)]` field has no foreign key to the referenced projection, or a
+///   column has a foreign key the struct does not declare.
+///
+/// Call it in your test suite and at startup, after the migrations:
+///
+/// ```no_run
+/// # use immu_core::Immutable;
+/// # #[derive(Immutable)] #[immu(table = "accounts")] struct Account { owner: String, balance: i64 }
+/// # async fn demo(pool: sqlx::PgPool) -> immu_core::Result<()> {
+/// immu_core::schema::check::<Account>(&pool).await?;
+/// # Ok(()) }
+/// ```
+pub async fn check<'c, T: Immutable>(db: impl Acquire<'c, Database = Postgres>) -> Result<()> {
+    check_for(&T::TABLE, db).await
+}
+
+/// [`check`] for a table description.
+pub async fn check_for<'c>(table: &TableDef, db: impl Acquire<'c, Database = Postgres>) -> Result<()> {
+    validate_table(table)?;
+    let mut conn = db.acquire().await?;
+    let mut differences = Vec::new();
+    let name = quote(table.name);
+    let (exists, schema, machinery): (bool, bool, bool) = sqlx::query_as(
+        "SELECT pg_catalog.to_regclass($1) IS NOT NULL, pg_catalog.to_regnamespace('immu') IS NOT NULL, \
+         pg_catalog.to_regprocedure('immu.check_table(regclass)') IS NOT NULL",
+    )
+    .bind(&name)
+    .fetch_one(&mut *conn)
+    .await?;
+    if !machinery {
+        let what = if schema { "are older than release 2" } else { "have not run" };
+        differences.push(Difference::new(
+            format!("immu's migrations {what} in this database"),
+            "run immu_core::MIGRATOR (or sqlx migrate run --source <immu>/migrations) before your migrations",
         ));
     }
-    out
+    if !exists {
+        differences.push(Difference::new(
+            format!("table {name} does not exist"),
+            format!(
+                "a migration with immu_core::schema::create_table::<{}>():\n{}",
+                table.rust_name,
+                create_table_for(table)?
+            ),
+        ));
+    }
+    if machinery && exists {
+        let release: i32 = sqlx::query_scalar("SELECT immu.release()").fetch_one(&mut *conn).await?;
+        if release < MACHINERY_RELEASE {
+            differences.push(Difference::new(
+                format!("the database's immu is release {release}; this immu_core needs release {MACHINERY_RELEASE}"),
+                "run immu_core::MIGRATOR",
+            ));
+        } else if release > MACHINERY_RELEASE {
+            differences.push(Difference::new(
+                format!("the database's immu is release {release}, newer than this immu_core's ({MACHINERY_RELEASE})"),
+                "upgrade immu_core",
+            ));
+        }
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT problem, fix FROM immu.check_table($1::regclass)")
+                .bind(&name)
+                .fetch_all(&mut *conn)
+                .await?;
+        differences.extend(rows.into_iter().map(|(description, fix)| Difference { description, fix }));
+    }
+    if exists {
+        let columns: Vec<&str> = table.columns.iter().map(|c| c.name).collect();
+        let types: Vec<&str> = table.columns.iter().map(|c| c.sql_type).collect();
+        let nullable: Vec<bool> = table.columns.iter().map(|c| c.nullable).collect();
+        let references: Vec<Option<String>> =
+            table.columns.iter().map(|c| c.references.map(crate::sql::current_table_name)).collect();
+        let rows: Vec<(String, String)> = sqlx::query_as(CHECK_SQL)
+            .bind(&name)
+            .bind(&columns)
+            .bind(&types)
+            .bind(&nullable)
+            .bind(&references)
+            .fetch_all(&mut *conn)
+            .await?;
+        differences.extend(rows.into_iter().map(|(description, fix)| Difference { description, fix }));
+    }
+    if differences.is_empty() {
+        return Ok(());
+    }
+    Err(Error::SchemaDrift { table: table.name.to_owned(), differences })
 }
 
-/// The DDL of a versioned table; `@NAME@`s are replaced by quoted identifiers or lists.
-const DDL_TEMPLATE: &str = r#"-- Versioned table of `@RUST@`, generated by immu_core::schema::create_table.
--- History is append-only: the triggers below refuse UPDATE, DELETE and TRUNCATE, and any
--- inserted version that would skip or repeat a number or go back in time.
-
--- Every version of every entity. The primary key is also the as-of index: valid_from never
--- decreases along an entity's versions, so it orders them like version does.
-CREATE TABLE @TABLE@ (
-@COLUMNS@
-);
-CREATE TRIGGER "immu_append_only"
-    BEFORE UPDATE OR DELETE OR TRUNCATE ON @TABLE@
-    FOR EACH STATEMENT EXECUTE FUNCTION immu.refuse_change();
-ALTER TABLE @TABLE@ ENABLE ALWAYS TRIGGER "immu_append_only";
-
--- The latest version of each entity (tombstones included), kept in step by the trigger below and
--- writable by nothing else: what current reads and lists scan, and the target of foreign keys.
--- Statements run by a trigger (depth 1 and more) pass the WHEN clause without a function call.
-CREATE TABLE @CURRENT@ (
-@CURRENT_COLUMNS@
-) WITH (fillfactor = 90);
-CREATE TRIGGER "immu_projection"
-    BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON @CURRENT@
-    FOR EACH STATEMENT WHEN (pg_trigger_depth() < 1)
-    EXECUTE FUNCTION immu.refuse_projection_change(@TABLE_LITERAL@);
-ALTER TABLE @CURRENT@ ENABLE ALWAYS TRIGGER "immu_projection";
-
--- Checks each inserted version against the entity's latest (SQLSTATE IMMU2) and makes it the
--- latest: version 1 adds the entity's row to @CURRENT_TEXT@, version n replaces version n - 1
--- there. The row lock of that update orders concurrent writers of one entity, so a version is
--- never stored twice, even by a writer that bypassed the advisory lock.
-CREATE FUNCTION @CHECK_FN@() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    latest_version bigint;
-    latest_valid_from timestamptz;
-BEGIN
-    IF NEW."version" = 1 THEN
-        INSERT INTO @CURRENT@ VALUES (NEW.*) ON CONFLICT DO NOTHING;
-    ELSE
-        UPDATE @CURRENT@ SET (@SET@) = (@NEW_SET@)
-            WHERE "entity_id" = NEW."entity_id" AND "version" = NEW."version" - 1 AND "valid_from" <= NEW."valid_from";
-    END IF;
-    IF NOT FOUND THEN
-        SELECT "version", "valid_from" FROM @CURRENT@ WHERE "entity_id" = NEW."entity_id"
-            INTO latest_version, latest_valid_from;
-        IF NEW."version" <> COALESCE(latest_version, 0) + 1 THEN
-            RAISE EXCEPTION 'version % of entity % would skip or repeat a version: its latest version is %',
-                NEW."version", NEW."entity_id", COALESCE(latest_version, 0)
-                USING ERRCODE = 'IMMU2', SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
-        END IF;
-        RAISE EXCEPTION 'version % of entity % is valid from %, before version % (valid from %)',
-            NEW."version", NEW."entity_id", NEW."valid_from", latest_version, latest_valid_from
-            USING ERRCODE = 'IMMU2', SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
-    END IF;
-    RETURN NEW;
-END
-$$;
-CREATE TRIGGER "immu_check_insert"
-    BEFORE INSERT ON @TABLE@
-    FOR EACH ROW EXECUTE FUNCTION @CHECK_FN@();
-ALTER TABLE @TABLE@ ENABLE ALWAYS TRIGGER "immu_check_insert";
-
--- The write path's first step, in one call: takes the write lock of entity $1 (the advisory lock
--- whose key $2 immu_core::lock_key computes) and returns the entity's latest version, read after
--- the lock in a statement of its own.
-CREATE FUNCTION @LATEST_FN@(uuid, bigint) RETURNS SETOF @CURRENT@
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_advisory_xact_lock($2);
-    RETURN QUERY SELECT * FROM @CURRENT@ WHERE "entity_id" = $1;
-END
-$$;
-
--- The write path outside a caller's transaction: each procedure runs one of immu's write
--- statements and commits it before it returns, in one round trip. A procedure can commit only
--- when CALLed outside a transaction block: inside one (even a block the client lost track of) the
--- CALL fails with SQLSTATE 2D000 instead of leaving the write uncommitted.
-@PROCEDURES@"#;
+/// The drift check, in one statement (`check.sql`, which says what it binds).
+const CHECK_SQL: &str = include_str!("check.sql");
 
 /// Quotes an identifier for PostgreSQL (doubling any `"`; validated names have none).
 fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A string literal for PostgreSQL.
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }

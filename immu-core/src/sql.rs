@@ -5,7 +5,7 @@
 //! values in a fixed, documented order with sqlx's own encoders: any type sqlx can encode (your
 //! `#[derive(sqlx::Type)]` enums included) can be a column.
 
-use sea_query::{Alias, Expr, ExprTrait, Func, Keyword, Order, PostgresQueryBuilder, Query, SelectStatement};
+use sea_query::{Expr, ExprTrait, Keyword, Order, PostgresQueryBuilder, Query, SelectStatement};
 
 use crate::TableDef;
 use crate::entity::RESERVED_COLUMNS;
@@ -16,15 +16,6 @@ pub(crate) const ENTITY_ID: &str = "entity_id";
 pub(crate) const VERSION: &str = "version";
 pub(crate) const VALID_FROM: &str = "valid_from";
 pub(crate) const DELETED_AT: &str = "deleted_at";
-
-/// The CTE holding the latest version, read under the entity's lock, in write statements.
-const LATEST: &str = "latest";
-/// The CTE holding the appended version in write statements.
-const APPENDED: &str = "appended";
-/// The alias of the lateral subquery that computes the new version's timestamp.
-const NEXT: &str = "next";
-/// The column of [`NEXT`] holding the timestamp.
-const TS: &str = "ts";
 
 /// `at`, moved into PostgreSQL's timestamp range: an instant before its earliest timestamp
 /// (4714-11-24 BC) reads like that earliest one, when no version can exist yet. (chrono's latest
@@ -42,13 +33,6 @@ pub(crate) fn param(n: usize) -> Expr {
     Expr::Keyword(Keyword::Custom(format!("${n}").into()))
 }
 
-/// The new version's `valid_from`: the database clock now, never earlier than the previous
-/// version's. Taken after the entity's lock, never from `now()` (the transaction start, which can
-/// order two writers backwards).
-fn next_valid_from() -> Expr {
-    Func::greatest([Expr::cust("clock_timestamp()"), Expr::col((LATEST, VALID_FROM))]).into()
-}
-
 /// Cached SQL statements of one versioned table. Built by [`Sql::new`] on first use.
 #[doc(hidden)]
 #[derive(Debug)]
@@ -61,104 +45,71 @@ pub struct Sql {
     pub(crate) version: String,
     /// All versions of `$1` in version order.
     pub(crate) history: String,
-    /// New entity: `$1` id, `$2` entity_id, `$3..` own columns. Returns all columns, as stored.
-    pub(crate) insert: String,
+    /// The version of entity `$1` whose version row id is `$2`, if stored.
+    pub(crate) by_id: String,
     /// Takes the write lock of entity `$1` (key `$2`) and returns its latest version, read after the
     /// lock (the table's `<table>_immu_latest` function). Columns: reserved then own.
     pub(crate) lock_latest: String,
-    /// Next version with new data, in one statement: `$1` id, `$2` entity_id, `$3` lock key, `$4`
-    /// expected current version (or NULL for any), `$5..` own columns. See [`latest_version_index`].
-    pub(crate) append: String,
-    /// Tombstone copying the latest data: `$1` id, `$2` entity_id, `$3` lock key. See [`latest_version_index`].
-    pub(crate) delete: String,
-    /// Live copy of a tombstone's data: `$1` id, `$2` entity_id, `$3` lock key. See [`latest_version_index`].
-    pub(crate) undelete: String,
     /// Entities `$1` (uuid[]) each as of its instant in `$2` (timestamptz[]). Columns: the
     /// 1-based position in the arrays, then all columns.
     pub(crate) each_as_of: String,
-    /// `insert`, run and committed by the table's `<table>_immu_insert` procedure.
-    pub(crate) insert_call: String,
-    /// `append`, run and committed by `<table>_immu_append`; the row has the same columns, with
-    /// the latest version's number NULL if the entity does not exist.
-    pub(crate) append_call: String,
-    /// `delete`, run and committed by `<table>_immu_delete`, as `append_call`.
-    pub(crate) delete_call: String,
-    /// `undelete`, run and committed by `<table>_immu_undelete`, as `append_call`.
-    pub(crate) undelete_call: String,
+    /// The write statements, by [`WriteKind`]: see [`Write`].
+    pub(crate) writes: [Write; 4],
 }
 
-/// The write statements that have a procedure running and committing them (see
-/// [`Sql::insert_call`]): the procedure's name suffix, its body before the `INTO` of the result,
-/// and the types of its parameters (the statement's `$1`, `$2`, ...).
+/// What a write does: the `immu_kind` argument of the table's write routines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteKind {
+    /// A new entity at version 1.
+    Insert = 0,
+    /// The next version, with new data.
+    Update = 1,
+    /// A tombstone carrying the latest data.
+    Delete = 2,
+    /// A live copy of a tombstone's data.
+    Undelete = 3,
+}
+
+impl WriteKind {
+    /// The name the write routines know it by.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            WriteKind::Insert => "insert",
+            WriteKind::Update => "update",
+            WriteKind::Delete => "delete",
+            WriteKind::Undelete => "undelete",
+        }
+    }
+
+    /// Whether the write carries the entity's own data (insert and update do, the copies don't).
+    pub(crate) fn carries_data(self) -> bool {
+        matches!(self, WriteKind::Insert | WriteKind::Update)
+    }
+}
+
+/// One write, as the two statements that run it. Both bind the same parameters: `$1` the new
+/// version row's id, `$2` the entity, `$3` the expected current version (NULL: any), `$4` the
+/// entity's lock key, `$5` the names of the columns the entity sets (text[]), `$6` the entity's
+/// shape, then, for inserts and updates, the entity's own columns in [`TableDef::columns`] order,
+/// passed by name.
 ///
-/// In a procedure the lock is taken by a statement of its own, and the write statement that
-/// follows reads the latest version from the projection directly, with one function call less
-/// than [`Sql::append`]: under READ COMMITTED each statement of a procedure takes a new
-/// snapshot, so it sees every earlier writer's commit (with REPEATABLE READ as the session's
-/// default, a stale read ends as a version conflict, as in [`Sql::append`]).
-pub(crate) fn procedures(table: &TableDef, sql: &Sql) -> [(&'static str, String, Vec<&'static str>); 4] {
-    let locked = |statement: &str| {
-        let function = format!("SELECT * FROM {}($2, $3)", quote(&latest_function_name(table.name)));
-        let direct = format!(
-            "SELECT * FROM {} WHERE {} = $2",
-            quote(&current_table_name(table.name)),
-            quote(ENTITY_ID)
-        );
-        assert!(statement.contains(&function), "the write statement reads through the function");
-        format!("PERFORM pg_advisory_xact_lock($3);\n    {}", statement.replace(&function, &direct))
-    };
-    let own = || table.columns.iter().map(|c| c.sql_type);
-    let existing = || vec!["uuid", "uuid", "bigint"];
-    let mut append = existing();
-    append.push("bigint");
-    append.extend(own());
-    let mut insert = vec!["uuid", "uuid"];
-    insert.extend(own());
-    [
-        ("insert", sql.insert.clone(), insert),
-        ("append", locked(&sql.append), append),
-        ("delete", locked(&sql.delete), existing()),
-        ("undelete", locked(&sql.undelete), existing()),
-    ]
-}
-
-/// The name of one of the table's write procedures.
-pub(crate) fn procedure_name(table: &str, kind: &str) -> String {
-    format!("{table}_immu_{kind}")
-}
-
-/// How many columns a write returns: every column of the appended version, then (except for
-/// inserts) the latest version's number and tombstone.
-pub(crate) fn written_columns(table: &TableDef, kind: &str) -> usize {
-    RESERVED_COLUMNS.len() + table.columns.len() + if kind == "insert" { 0 } else { 2 }
-}
-
-/// `CALL "<table>_immu_<kind>"($1, ..., $n, NULL, ...)`: the statement's parameters, then one NULL
-/// per output column.
-fn call(table: &TableDef, kind: &str, parameters: usize) -> String {
-    let arguments: Vec<String> = (1..=parameters)
-        .map(|n| format!("${n}"))
-        .chain((0..written_columns(table, kind)).map(|_| "NULL".to_owned()))
-        .collect();
-    format!("CALL {}({})", quote(&procedure_name(table.name, kind)), arguments.join(", "))
-}
-
-/// Index, in the row a write statement returns, of the latest version's number (its
-/// `deleted_at` follows).
-///
-/// A write statement (`append`, `delete`, `undelete`) returns no row if the entity does not
-/// exist; otherwise every column of the appended version (all NULL if the latest version did not
-/// allow the write), then the latest version's `version` and `deleted_at` as the statement saw
-/// them under the lock, which explain a refusal.
-pub(crate) fn latest_version_index(table: &TableDef) -> usize {
-    RESERVED_COLUMNS.len() + table.columns.len()
+/// Each returns the stored version, or a row whose `id` is NULL and whose reserved columns are
+/// the entity's latest version when that version refuses the write (deleted, not deleted, not the
+/// expected version), or nothing (all NULL, for the procedure) when the entity does not exist.
+#[derive(Debug)]
+pub(crate) struct Write {
+    /// `SELECT <columns> FROM "<table>_immu_write"(...)`: inside a caller's transaction. Columns:
+    /// reserved then own.
+    pub(crate) statement: String,
+    /// `CALL "<table>_immu_commit"(...)`: writes and commits, outside any transaction. Its row
+    /// holds every column of the table, by name.
+    pub(crate) call: String,
 }
 
 impl Sql {
     /// Renders every statement of `table`.
     pub fn new(table: &TableDef) -> Sql {
         let all = || all_columns(table);
-        let own = || table.columns.iter().map(|c| c.name);
         let render = |s: &SelectStatement| s.to_string(PostgresQueryBuilder);
 
         let mut version = Query::select();
@@ -176,62 +127,18 @@ impl Sql {
             .order_by(VALID_FROM, Order::Asc)
             .order_by(VERSION, Order::Asc);
 
-        let insert = {
-            // The table's insert check adds the entity to the projection table.
-            let values =
-                [param(1), param(2), Expr::val(1i64), Expr::cust("clock_timestamp()"), Expr::cust("NULL")]
-                    .into_iter()
-                    .chain((0..table.columns.len()).map(|i| param(3 + i)));
-            let mut insert = Query::insert();
-            insert
-                .into_table(table.name)
-                .columns(all())
-                .values_panic(values)
-                .returning(Query::returning().columns(all()));
-            insert.to_string(PostgresQueryBuilder)
-        };
-
         let lock_latest = format!(
             "SELECT {} FROM {}($1, $2)",
             all().map(quote).collect::<Vec<_>>().join(", "),
-            quote(&latest_function_name(table.name))
+            quote(&routine_name(table.name, "latest"))
         );
-
-        let append = {
-            let mut select = Query::select();
-            select
-                .expr(param(1))
-                .expr(Expr::col((LATEST, ENTITY_ID)))
-                .expr(Expr::col((LATEST, VERSION)).add(1))
-                .expr(next_valid_from())
-                .expr(Expr::cust("NULL::timestamptz"))
-                .exprs((0..table.columns.len()).map(|i| param(5 + i)))
-                .from(LATEST)
-                .and_where(Expr::col((LATEST, DELETED_AT)).is_null())
-                .and_where(param(4).is_null().or(Expr::col((LATEST, VERSION)).eq(param(4))));
-            write_statement(table, select)
-        };
-
-        let copy = |tombstone: bool| {
-            let mut select = Query::select();
-            select
-                .expr(param(1))
-                .expr(Expr::col((LATEST, ENTITY_ID)))
-                .expr(Expr::col((LATEST, VERSION)).add(1))
-                .expr(Expr::col((NEXT, TS)))
-                .expr(if tombstone { Expr::col((NEXT, TS)) } else { Expr::cust("NULL::timestamptz") })
-                .exprs(own().map(|c| Expr::col((LATEST, c))))
-                .from(LATEST)
-                .join_lateral(
-                    sea_query::JoinType::InnerJoin,
-                    Query::select().expr_as(next_valid_from(), Alias::new(TS)).to_owned(),
-                    NEXT,
-                    sea_query::Condition::all(),
-                );
-            let latest_deleted = Expr::col((LATEST, DELETED_AT));
-            select.and_where(if tombstone { latest_deleted.is_null() } else { latest_deleted.is_not_null() });
-            write_statement(table, select)
-        };
+        let by_id = format!(
+            "SELECT {} FROM {} WHERE {} = $1 AND {} = $2",
+            all().map(quote).collect::<Vec<_>>().join(", "),
+            quote(table.name),
+            quote(ENTITY_ID),
+            quote(ID)
+        );
 
         let each_as_of = {
             let entity = Expr::col(("immu_ref", ENTITY_ID));
@@ -245,64 +152,64 @@ impl Sql {
             )
         };
 
-        let own = table.columns.len();
         Sql {
-            insert_call: call(table, "insert", 2 + own),
-            append_call: call(table, "append", 4 + own),
-            delete_call: call(table, "delete", 3),
-            undelete_call: call(table, "undelete", 3),
             current: render(&resolve::current(table, all(), param(1))),
             as_of: render(&resolve::latest(table, None, Some(all()), param(1), At::Instant(param(2)))),
             version: render(&version),
             history: render(&history),
-            insert,
+            by_id,
             lock_latest,
-            append,
-            delete: copy(true),
-            undelete: copy(false),
             each_as_of,
+            writes: [WriteKind::Insert, WriteKind::Update, WriteKind::Delete, WriteKind::Undelete]
+                .map(|kind| write(table, kind)),
         }
+    }
+
+    /// The statements of a write of `kind`.
+    pub(crate) fn write(&self, kind: WriteKind) -> &Write {
+        &self.writes[kind as usize]
     }
 }
 
-/// A write in one statement (see [`latest_version_index`]): the latest version under the entity's lock, the
-/// new version `select` builds from it, and both returned together.
-///
-/// ```sql
-/// WITH "latest" AS (SELECT * FROM "accounts_immu_latest"($2, $3)),
-/// "appended" AS (INSERT INTO "accounts" (...) SELECT ... FROM "latest" WHERE ... RETURNING ...)
-/// SELECT "appended"."id", ..., "latest"."version", "latest"."deleted_at"
-/// FROM "latest" LEFT JOIN "appended" ON TRUE
-/// ```
-///
-/// The function takes the lock and reads in a statement of its own, so under READ COMMITTED it
-/// sees every earlier writer's commit although this statement's snapshot predates the lock.
-fn write_statement(table: &TableDef, select: SelectStatement) -> String {
-    let mut insert = Query::insert();
-    insert
-        .into_table(table.name)
-        .columns(all_columns(table))
-        .select_from(select)
-        .expect("the select lists one expression per column")
-        .returning(Query::returning().columns(all_columns(table)));
-    let appended: Vec<String> =
-        all_columns(table).map(|c| format!("{}.{}", quote(APPENDED), quote(c))).collect();
-    format!(
-        "WITH {latest} AS (SELECT * FROM {function}($2, $3)), {appended_cte} AS ({insert}) \
-         SELECT {appended}, {latest}.{version}, {latest}.{deleted_at} FROM {latest} LEFT JOIN {appended_cte} ON TRUE",
-        latest = quote(LATEST),
-        function = quote(&latest_function_name(table.name)),
-        appended_cte = quote(APPENDED),
-        insert = insert.to_string(PostgresQueryBuilder),
-        appended = appended.join(", "),
-        version = quote(VERSION),
-        deleted_at = quote(DELETED_AT),
-    )
+/// The statements of a write of `kind` (see [`Write`]).
+fn write(table: &TableDef, kind: WriteKind) -> Write {
+    let data: Vec<String> = if kind.carries_data() {
+        table.columns.iter().enumerate().map(|(i, c)| format!("{} => ${}", quote(c.name), i + 7)).collect()
+    } else {
+        Vec::new()
+    };
+    let arguments = |reserved: [&str; 6]| {
+        let mut arguments = vec![format!("immu_kind => '{}'", kind.name())];
+        arguments.extend(reserved.iter().enumerate().map(|(i, name)| format!("{name} => ${}", i + 1)));
+        arguments.extend(data.iter().cloned());
+        arguments.join(", ")
+    };
+    let columns = all_columns(table).map(quote).collect::<Vec<_>>().join(", ");
+    Write {
+        statement: format!(
+            "SELECT {columns} FROM {}({})",
+            quote(&routine_name(table.name, "write")),
+            arguments([
+                "immu_id",
+                "immu_entity_id",
+                "immu_expected",
+                "immu_lock",
+                "immu_columns",
+                "immu_shape"
+            ])
+        ),
+        call: format!(
+            "CALL {}({})",
+            quote(&routine_name(table.name, "commit")),
+            arguments(["id", "entity_id", "immu_expected", "immu_lock", "immu_columns", "immu_shape"])
+        ),
+    }
 }
 
-/// The name of the function that takes an entity's write lock and returns its latest version.
-pub(crate) fn latest_function_name(table: &str) -> String {
-    format!("{table}_immu_latest")
+/// The name of one of the routines immu generates for a table (`<table>_immu_<kind>`, in the
+/// table's schema): `write`, `commit`, `latest`, `check`.
+pub(crate) fn routine_name(table: &str, kind: &str) -> String {
+    format!("{table}_immu_{kind}")
 }
 
 /// Quotes an identifier for PostgreSQL (doubling any `"`; immu's names have none).

@@ -92,7 +92,21 @@ impl<T: Immutable> Versioned<T> {
             version: row.try_get(first + 2)?,
             valid_from: row.try_get(first + 3)?,
             deleted_at: row.try_get(first + 4)?,
-            data: T::__decode(row, first + crate::entity::RESERVED_COLUMNS.len())?,
+            data: T::__decode(row, crate::RowLayout::At(first + crate::entity::RESERVED_COLUMNS.len()))?,
+        })
+    }
+
+    /// Decodes a row that names every column of the table (the row of a write procedure), in any
+    /// order.
+    pub(crate) fn decode_named(row: &PgRow) -> std::result::Result<Self, sqlx::Error> {
+        use crate::sql::{DELETED_AT, ENTITY_ID, ID, VALID_FROM, VERSION};
+        Ok(Versioned {
+            id: row.try_get(ID)?,
+            entity_id: row.try_get(ENTITY_ID)?,
+            version: row.try_get(VERSION)?,
+            valid_from: row.try_get(VALID_FROM)?,
+            deleted_at: row.try_get(DELETED_AT)?,
+            data: T::__decode(row, crate::RowLayout::Named)?,
         })
     }
 }

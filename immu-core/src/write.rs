@@ -1,60 +1,55 @@
 //! The write path: every change appends a row.
 //!
-//! A write to an existing entity is one statement ([`Sql`](crate::sql::Sql) holds the text):
-//! 1. the table's `<table>_immu_latest(entity, key)` function takes
-//!    `pg_advisory_xact_lock(`[`lock_key`](crate::lock_key)`(table, entity))`, which queues the
-//!    write behind other writers of that entity, then reads the latest version in a statement of
-//!    its own, so that under READ COMMITTED it sees every earlier writer's commit;
-//! 2. the same statement appends the next version when the latest one allows it, with
-//!    `valid_from = GREATEST(clock_timestamp(), latest.valid_from)`, and returns the appended row
-//!    with the latest version's number and tombstone, which explain a refusal (deleted, not
-//!    deleted, version moved) without another query;
-//! 3. the lock is held until the transaction ends: outside a caller's transaction the statement
-//!    runs in a procedure of the table that commits before it returns (see [`run_write`] for
-//!    why not a bare autocommit statement), inside one in a savepoint, so that a failure leaves
-//!    that transaction usable;
-//! 4. the table's insert trigger makes the new version the entity's row in `<table>_current`,
-//!    replacing the version it follows; if another writer took the version number first (a stale
-//!    `REPEATABLE READ`/`SERIALIZABLE` snapshot, or a writer that bypassed the lock), that fails
-//!    and is reported as [`Error::VersionConflict`]: a version is never written twice.
+//! A write is one call of a routine that immu generates in the database for each versioned table
+//! (`migrations/`, `immu.generate`), from the table's own columns:
 //!
-//! Read-modify-write takes the lock and reads with the same function, runs the closure, and
+//! 1. `<table>_immu_write(...)` takes `pg_advisory_xact_lock(`[`lock_key`](crate::lock_key)`(table,
+//!    entity))`, which queues the write behind other writers of that entity, reads the entity's
+//!    latest version in a statement of its own (under READ COMMITTED it sees every earlier
+//!    writer's commit), and appends the next version when that version allows it; otherwise it
+//!    returns the latest version, which explains the refusal (deleted, not deleted, version
+//!    moved) without another query;
+//! 2. the history's insert trigger checks the version (the next number, the tombstone state
+//!    machine), stamps it with the database clock, and makes it the entity's row in
+//!    `<table>_current`; if another writer took the version number first (a stale `REPEATABLE
+//!    READ`/`SERIALIZABLE` snapshot, or a writer that bypassed the lock), that fails and is
+//!    reported as [`Error::VersionConflict`]: a version is never written twice;
+//! 3. the lock is held until the transaction ends: outside a caller's transaction the write is a
+//!    `CALL` of `<table>_immu_commit`, a procedure that runs the function and commits before it
+//!    returns (see [`run_write`] for why not a bare autocommit statement), inside one the function
+//!    runs in a savepoint, so that a failure leaves that transaction usable.
+//!
+//! Every write carries the id of the version row it appends, chosen here. A procedure that
+//! committed and then failed (a cancel or `statement_timeout` that lands after its `COMMIT`) is
+//! recognised by looking that id up: the write is reported as stored, or as not written, or, when
+//! the answer cannot be had (the connection broke), as [`Error::OutcomeUnknown`], never as
+//! "nothing written". A write called again with the id of the entity's latest version returns
+//! that version and writes nothing, so immu's own retry never stores a write twice.
+//!
+//! Read-modify-write takes the lock and reads with `<table>_immu_latest`, runs the closure, and
 //! appends expecting the version it read, in one transaction.
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgArguments, PgRow};
-use sqlx::{Acquire, Arguments, Connection, PgConnection, Postgres, Row, ValueRef};
+use sqlx::{Acquire, Arguments, Connection, PgConnection, Postgres, Row};
 use uuid::Uuid;
 
 use crate::lock::lock_key;
-use crate::sql::latest_version_index;
+use crate::sql::WriteKind;
 use crate::{Error, Immutable, Result, Versioned};
 
-/// Inserts a new entity at version 1: one statement (see [`run_write`]).
+/// Inserts a new entity at version 1.
 #[tracing::instrument(level = "debug", skip_all, fields(table = T::TABLE.name))]
 pub(crate) async fn insert<'c, T, A>(db: A, value: T) -> Result<Versioned<T>>
 where
     T: Immutable,
     A: Acquire<'c, Database = Postgres> + Send + 'c,
 {
-    let (id, entity_id) = (Uuid::now_v7(), Uuid::now_v7());
-    let args = || {
-        let mut args = PgArguments::default();
-        args.add(id).map_err(sqlx::Error::Encode)?;
-        args.add(entity_id).map_err(sqlx::Error::Encode)?;
-        value.__encode(&mut args).map_err(sqlx::Error::Encode)?;
-        Ok(args)
-    };
     let mut conn = db.acquire().await?;
-    let sql = T::__sql();
-    let row =
-        run_write(&mut conn, Write { statement: &sql.insert, call: &sql.insert_call, latest: None }, args)
-            .await
-            .map_err(|e| write_error::<T>(e, entity_id, Intent::Insert))?;
-    let row = row.ok_or(Error::Database(sqlx::Error::RowNotFound))?;
-    tracing::debug!(%entity_id, "inserted version 1");
-    // What was stored, as PostgreSQL returns it (timestamps at microseconds, ...).
-    Ok(Versioned::decode(&row)?)
+    let target = Target::new::<T>(Uuid::now_v7(), Intent::Insert);
+    let stored = write::<T>(&mut conn, WriteKind::Insert, &target, Some(&value)).await?;
+    tracing::debug!(entity_id = %target.entity_id, "inserted version 1");
+    Ok(stored)
 }
 
 /// Appends `value` as the next version, optionally only if the current version is `expected`.
@@ -70,21 +65,8 @@ where
     A: Acquire<'c, Database = Postgres> + Send + 'c,
 {
     let mut conn = db.acquire().await?;
-    let args = || append_args(entity_id, expected, &value);
-    let intent = Intent::Update { expected };
-    let sql = T::__sql();
-    let row = run_write(
-        &mut conn,
-        Write {
-            statement: &sql.append,
-            call: &sql.append_call,
-            latest: Some(latest_version_index(&T::TABLE)),
-        },
-        args,
-    )
-    .await
-    .map_err(|e| write_error::<T>(e, entity_id, intent))?;
-    written(row, entity_id, intent)
+    let target = Target::new::<T>(entity_id, Intent::Update { expected });
+    write::<T>(&mut conn, WriteKind::Update, &target, Some(&value)).await
 }
 
 /// Read-modify-write under the entity's lock.
@@ -108,17 +90,19 @@ where
         .await
         .map_err(|e| write_error::<T>(e, entity_id, Intent::Update { expected: None }))?;
     let current = crate::read::live::<T>(latest, entity_id)?;
-    let expected = Some(current.version);
     let mut value = current.data;
     f(&mut value)?;
-    let args = append_args(entity_id, expected, &value).map_err(Error::from)?;
-    let intent = Intent::Update { expected };
-    let row = sqlx::query_with(T::__sql().append.as_str(), args)
+    let target = Target::new::<T>(entity_id, Intent::Update { expected: Some(current.version) });
+    let args = target.args(Some(&value)).map_err(Error::from)?;
+    let row = sqlx::query_with(T::__sql().write(WriteKind::Update).statement.as_str(), args)
         .fetch_optional(&mut *tx)
         .await
-        .map_err(|e| write_error::<T>(e, entity_id, intent))?;
-    let appended = written(row, entity_id, intent)?;
-    tx.commit().await.map_err(Error::from)?;
+        .map_err(|e| write_error::<T>(e, entity_id, target.intent))?;
+    let appended =
+        written::<T>(Written::decode(row.as_ref(), Layout::Positional).map_err(Error::from)?, &target)?;
+    if let Err(err) = tx.commit().await {
+        return Err(commit_error::<T>(err, &target).into());
+    }
     Ok(appended)
 }
 
@@ -129,7 +113,9 @@ where
     T: Immutable,
     A: Acquire<'c, Database = Postgres> + Send + 'c,
 {
-    copy_latest(db, entity_id, Intent::Delete).await
+    let mut conn = db.acquire().await?;
+    let target = Target::new::<T>(entity_id, Intent::Delete);
+    write::<T>(&mut conn, WriteKind::Delete, &target, None).await
 }
 
 /// Appends a live copy of a tombstone's data.
@@ -139,10 +125,12 @@ where
     T: Immutable,
     A: Acquire<'c, Database = Postgres> + Send + 'c,
 {
-    copy_latest(db, entity_id, Intent::Undelete).await
+    let mut conn = db.acquire().await?;
+    let target = Target::new::<T>(entity_id, Intent::Undelete);
+    write::<T>(&mut conn, WriteKind::Undelete, &target, None).await
 }
 
-/// What a write to an existing entity meant to do; decides which error explains a refusal.
+/// What a write meant to do; decides which error explains a refusal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Intent {
     Insert,
@@ -151,62 +139,123 @@ enum Intent {
     Undelete,
 }
 
-/// Delete or undelete: one statement appending a copy of the latest version's data.
-async fn copy_latest<'c, T, A>(db: A, entity_id: Uuid, intent: Intent) -> Result<Versioned<T>>
-where
-    T: Immutable,
-    A: Acquire<'c, Database = Postgres> + Send + 'c,
-{
-    let sql = T::__sql();
-    let write = if intent == Intent::Delete {
-        Write {
-            statement: &sql.delete,
-            call: &sql.delete_call,
-            latest: Some(latest_version_index(&T::TABLE)),
-        }
-    } else {
-        Write {
-            statement: &sql.undelete,
-            call: &sql.undelete_call,
-            latest: Some(latest_version_index(&T::TABLE)),
-        }
-    };
-    let args = || {
+/// The version row a write appends: its id (chosen once, so that every attempt of the write
+/// carries it), its entity, and what the write means.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    table: &'static str,
+    id: Uuid,
+    entity_id: Uuid,
+    intent: Intent,
+}
+
+impl Target {
+    fn new<T: Immutable>(entity_id: Uuid, intent: Intent) -> Target {
+        Target { table: T::TABLE.name, id: Uuid::now_v7(), entity_id, intent }
+    }
+
+    /// The bind arguments of a write statement (see [`crate::sql::Write`]); `value` for the
+    /// writes that carry data.
+    fn args<T: Immutable>(&self, value: Option<&T>) -> sqlx::Result<PgArguments> {
+        let expected = match self.intent {
+            Intent::Update { expected } => expected,
+            Intent::Insert | Intent::Delete | Intent::Undelete => None,
+        };
         let mut args = PgArguments::default();
-        args.add(Uuid::now_v7()).map_err(sqlx::Error::Encode)?;
-        args.add(entity_id).map_err(sqlx::Error::Encode)?;
-        args.add(lock_key(T::TABLE.name, entity_id)).map_err(sqlx::Error::Encode)?;
+        args.add(self.id).map_err(sqlx::Error::Encode)?;
+        args.add(self.entity_id).map_err(sqlx::Error::Encode)?;
+        args.add(expected).map_err(sqlx::Error::Encode)?;
+        args.add(lock_key(self.table, self.entity_id)).map_err(sqlx::Error::Encode)?;
+        args.add(column_names::<T>()).map_err(sqlx::Error::Encode)?;
+        args.add(T::SHAPE).map_err(sqlx::Error::Encode)?;
+        if let Some(value) = value {
+            value.__encode(&mut args).map_err(sqlx::Error::Encode)?;
+        }
         Ok(args)
-    };
-    let mut conn = db.acquire().await?;
-    let row = run_write(&mut conn, write, args).await.map_err(|e| write_error::<T>(e, entity_id, intent))?;
-    written(row, entity_id, intent)
+    }
 }
 
-/// The bind arguments of the append statement.
-fn append_args<T: Immutable>(entity_id: Uuid, expected: Option<i64>, value: &T) -> sqlx::Result<PgArguments> {
-    let mut args = PgArguments::default();
-    args.add(Uuid::now_v7()).map_err(sqlx::Error::Encode)?;
-    args.add(entity_id).map_err(sqlx::Error::Encode)?;
-    args.add(lock_key(T::TABLE.name, entity_id)).map_err(sqlx::Error::Encode)?;
-    args.add(expected).map_err(sqlx::Error::Encode)?;
-    value.__encode(&mut args).map_err(sqlx::Error::Encode)?;
-    Ok(args)
+/// The names of `T`'s own columns: the columns its writes set (an update keeps the latest value
+/// of the table's other columns, an insert gives them their default).
+fn column_names<T: Immutable>() -> Vec<&'static str> {
+    T::TABLE.columns.iter().map(|c| c.name).collect()
 }
 
-/// A write statement, and the `CALL` of the table's procedure that runs and commits it.
+/// What a write routine returned (see [`crate::sql::Write`]).
+enum Written<T> {
+    /// The stored version.
+    Stored(Versioned<T>),
+    /// The entity's latest version refused the write: its number and tombstone.
+    Refused { version: i64, deleted_at: Option<DateTime<Utc>> },
+    /// The entity does not exist.
+    Missing,
+}
+
+/// How a write routine's row lays out its columns.
 #[derive(Clone, Copy)]
-struct Write {
-    statement: &'static str,
-    call: &'static str,
-    /// Index of the latest version's number in the row (see [`latest_version_index`]); None for
-    /// inserts, which return the new version only.
-    latest: Option<usize>,
+enum Layout {
+    /// The write function's: reserved, then own, in order.
+    Positional,
+    /// The procedure's: every column of the table, by name.
+    Named,
 }
 
-/// Runs one write: in the caller's transaction, the statement in a savepoint (so that a failure
-/// leaves that transaction usable); otherwise the `CALL` of the table's procedure, which runs the
-/// statement and commits before it returns: one round trip.
+impl<T: Immutable> Written<T> {
+    fn decode(row: Option<&PgRow>, layout: Layout) -> sqlx::Result<Written<T>> {
+        use crate::sql::{DELETED_AT, ENTITY_ID, ID, VERSION};
+        let Some(row) = row else { return Ok(Written::Missing) };
+        let (id, entity, version, deleted_at): (
+            Option<Uuid>,
+            Option<Uuid>,
+            Option<i64>,
+            Option<DateTime<Utc>>,
+        ) = match layout {
+            Layout::Positional => (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(4)?),
+            Layout::Named => {
+                (row.try_get(ID)?, row.try_get(ENTITY_ID)?, row.try_get(VERSION)?, row.try_get(DELETED_AT)?)
+            }
+        };
+        Ok(match (id, entity, version) {
+            (Some(_), ..) => Written::Stored(match layout {
+                Layout::Positional => Versioned::decode(row)?,
+                Layout::Named => Versioned::decode_named(row)?,
+            }),
+            (None, Some(_), Some(version)) => Written::Refused { version, deleted_at },
+            _ => Written::Missing,
+        })
+    }
+}
+
+/// Runs one write and explains its outcome.
+async fn write<T: Immutable>(
+    conn: &mut PgConnection,
+    kind: WriteKind,
+    target: &Target,
+    value: Option<&T>,
+) -> Result<Versioned<T>> {
+    let sql = T::__sql().write(kind);
+    match run_write::<T>(conn, &sql.statement, &sql.call, target, || target.args(value)).await {
+        Ok(outcome) => written(outcome, target),
+        // The routine does not exist: say so plainly when the table does not either.
+        Err(Error::MachineryMismatch { table, message }) => {
+            let missing: bool = sqlx::query_scalar("SELECT pg_catalog.to_regclass($1) IS NULL")
+                .bind(crate::sql::quote(table))
+                .fetch_one(&mut *conn)
+                .await?;
+            Err(if missing {
+                Error::MissingTable { table: table.to_owned() }
+            } else {
+                Error::MachineryMismatch { table, message }
+            })
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Runs one write: in the caller's transaction, the write function in a savepoint (so that a
+/// failure leaves that transaction usable); otherwise the `CALL` of the table's procedure, which
+/// runs the function and commits before it returns: one round trip. Returns what the routine
+/// returned (see [`crate::sql::Write`]).
 ///
 /// Not a bare autocommit statement, which would also be one round trip: with sqlx 0.9.0 a `BEGIN`
 /// whose future is dropped mid-flight leaves the pooled connection inside a transaction that
@@ -215,54 +264,124 @@ struct Write {
 /// scenario caught this. A procedure's `COMMIT` is refused inside a transaction block (SQLSTATE
 /// 2D000), so on such a connection the `CALL` fails and writes nothing: immu rolls the unknown
 /// transaction back, which returns the connection to the state sqlx believes it is in, and
-/// calls again.
+/// calls again with the same version row id.
 ///
-/// `args` builds the bind arguments (twice in that case, rather than copying them on every write).
-/// The row, if any: the statement's, or for a `CALL` (which always returns one) `None` when the
-/// latest version's number is NULL, i.e. the entity does not exist.
-async fn run_write<F>(conn: &mut PgConnection, write: Write, args: F) -> sqlx::Result<Option<PgRow>>
-where
-    F: Fn() -> sqlx::Result<PgArguments> + Send,
-{
+/// A procedure commits before it returns, so a `CALL` that fails may have committed: a cancel or
+/// `statement_timeout` can land after its `COMMIT`. Such a failure is checked: the version row is
+/// looked up by its id on the same connection (the server has finished the `CALL` when it reports
+/// the error, so the answer is final). Found, the write is reported as stored; not found, the
+/// error stands, and it means nothing was written; not checkable (the connection broke), the
+/// outcome is [`Error::OutcomeUnknown`].
+///
+/// `args` builds the bind arguments (twice when the call is repeated, rather than copying them on
+/// every write).
+async fn run_write<T: Immutable>(
+    conn: &mut PgConnection,
+    statement: &'static str,
+    call: &'static str,
+    target: &Target,
+    args: impl Fn() -> sqlx::Result<PgArguments>,
+) -> Result<Written<T>> {
+    let fail = |e: sqlx::Error| write_error::<T>(e, target.entity_id, target.intent);
     if conn.is_in_transaction() {
         let mut tx = Connection::begin(&mut *conn).await?;
-        let row = sqlx::query_with(write.statement, args()?).fetch_optional(&mut *tx).await?;
+        let row = sqlx::query_with(statement, args()?).fetch_optional(&mut *tx).await.map_err(fail)?;
         tx.commit().await?;
-        return Ok(row);
+        return Ok(Written::decode(row.as_ref(), Layout::Positional)?);
     }
-    let row = match sqlx::query_with(write.call, args()?).fetch_one(&mut *conn).await {
+    let outcome = match sqlx::query_with(call, args()?).fetch_one(&mut *conn).await {
         Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("2D000") => {
             tracing::warn!(
                 "the connection was inside a transaction sqlx does not track (a cancelled BEGIN, \
                  launchbadge/sqlx#4393, or a BEGIN run by hand): rolled it back before writing"
             );
             sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
-            sqlx::query_with(write.call, args()?).fetch_one(&mut *conn).await?
+            sqlx::query_with(call, args()?).fetch_one(&mut *conn).await
         }
-        other => other?,
+        other => other,
     };
-    match write.latest {
-        Some(at) if row.try_get_raw(at)?.is_null() => Ok(None),
-        _ => Ok(Some(row)),
+    match outcome {
+        // (A missing entity leaves every column NULL.)
+        Ok(row) => Ok(Written::decode(Some(&row), Layout::Named)?),
+        Err(err) if may_have_committed(&err) => match stored_by_id::<T>(conn, target).await {
+            Ok(Some(stored)) => {
+                tracing::warn!(id = %target.id, error = %err, "the write's CALL failed after it committed: the version is stored");
+                Ok(Written::Stored(stored))
+            }
+            Ok(None) if matches!(err, sqlx::Error::Database(_)) => Err(fail(err)),
+            Ok(None) | Err(_) => Err(unknown(target, err)),
+        },
+        Err(err) => Err(fail(err)),
     }
 }
 
-/// The outcome of a write statement's row (see [`latest_version_index`]): the appended version,
-/// or the error the latest version explains.
-fn written<T: Immutable>(row: Option<PgRow>, entity_id: Uuid, intent: Intent) -> Result<Versioned<T>> {
-    let table = T::TABLE.name;
-    let Some(row) = row else {
-        return Err(Error::NotFound { table, entity_id, version: None });
-    };
-    if row.try_get::<Option<Uuid>, _>(0)?.is_some() {
-        let appended = Versioned::decode(&row)?;
-        tracing::debug!(%entity_id, version = appended.version, ?intent, "appended version");
-        return Ok(appended);
+/// The version a write stored, looked up by its version row id.
+async fn stored_by_id<T: Immutable>(
+    conn: &mut PgConnection,
+    target: &Target,
+) -> Result<Option<Versioned<T>>> {
+    let row = sqlx::query(T::__sql().by_id.as_str())
+        .bind(target.entity_id)
+        .bind(target.id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.as_ref().map(Versioned::decode).transpose()?)
+}
+
+/// Whether a `CALL` that failed with `err` may have committed first. The errors the write
+/// statements raise before the `COMMIT` (refusals, constraint violations, conflicts, bad values)
+/// cannot; an interrupt (a cancel, `statement_timeout`, a shutdown), a resource error or a broken
+/// connection can land after it.
+fn may_have_committed(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or_default();
+            code == "57014"
+                || code.starts_with("57P")
+                || code.starts_with("53")
+                || code.starts_with("58")
+                || code.starts_with("XX")
+        }
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => {
+            true
+        }
+        _ => false,
     }
-    let at = latest_version_index(&T::TABLE);
-    let version: i64 = row.try_get(at)?;
-    let deleted_at: Option<DateTime<Utc>> = row.try_get(at + 1)?;
-    Err(match (intent, deleted_at) {
+}
+
+/// [`Error::OutcomeUnknown`] for `target`.
+fn unknown(target: &Target, source: sqlx::Error) -> Error {
+    Error::OutcomeUnknown {
+        table: target.table,
+        entity_id: target.entity_id,
+        version_id: target.id,
+        source: Box::new(source),
+    }
+}
+
+/// The failure of the `COMMIT` of immu's own transaction (read-modify-write): a server's refusal
+/// means nothing was committed; anything else (the connection broke) leaves the outcome unknown.
+fn commit_error<T: Immutable>(err: sqlx::Error, target: &Target) -> Error {
+    match err {
+        sqlx::Error::Database(_) => write_error::<T>(err, target.entity_id, target.intent),
+        other => unknown(target, other),
+    }
+}
+
+/// The outcome of a write (see [`crate::sql::Write`]): the stored version, or the error the
+/// entity's latest version explains.
+fn written<T: Immutable>(outcome: Written<T>, target: &Target) -> Result<Versioned<T>> {
+    let (table, entity_id) = (target.table, target.entity_id);
+    let (version, deleted_at) = match outcome {
+        Written::Stored(stored) => {
+            tracing::debug!(%entity_id, version = stored.version, intent = ?target.intent, "appended version");
+            return Ok(stored);
+        }
+        Written::Missing => return Err(Error::NotFound { table, entity_id, version: None }),
+        Written::Refused { version, deleted_at } => (version, deleted_at),
+    };
+    Err(match (target.intent, deleted_at) {
         (Intent::Update { .. } | Intent::Delete, Some(deleted_at)) => {
             Error::Deleted { table, entity_id, version, deleted_at }
         }
@@ -271,39 +390,42 @@ fn written<T: Immutable>(row: Option<PgRow>, entity_id: Uuid, intent: Intent) ->
             Error::VersionConflict { table, entity_id, expected, actual: Some(version) }
         }
         // Undelete of a tombstone and delete of a live version always append; an insert returns
-        // its row.
+        // its row (or fails in the trigger).
         (Intent::Undelete, Some(_)) | (Intent::Delete, None) | (Intent::Insert, _) => {
             Error::VersionConflict { table, entity_id, expected: None, actual: Some(version) }
         }
     })
 }
 
-/// Maps a write statement's failure. Another writer took the version number first when:
+/// Maps a write routine's failure. Another writer took the version number first when:
 ///
 /// * the projection row the insert trigger replaces was changed by a transaction that committed
-///   after this one's `REPEATABLE READ`/`SERIALIZABLE` snapshot (SQLSTATE 40001, "could not
-///   serialize access due to concurrent update"): the stale snapshot showed an old latest version;
+///   after this one's `REPEATABLE READ`/`SERIALIZABLE` snapshot (SQLSTATE 40001, raised by the
+///   trigger as "computed from a stale snapshot", or by PostgreSQL as "concurrent update");
 /// * the trigger found the version taken (IMMU2, "would skip or repeat a version"), which only a
 ///   writer that bypassed the advisory lock can cause;
 /// * a unique violation on the table's primary key;
 ///
 /// and each is [`Error::VersionConflict`]. A lock wait cut short by `lock_timeout` or
-/// `statement_timeout` is [`Error::LockTimeout`]; anything else converts as usual.
+/// `statement_timeout` is [`Error::LockTimeout`]. A routine of the table that does not exist with
+/// the arguments immu passes is [`Error::MachineryMismatch`] (the table or its machinery is missing,
+/// from an older release, or its columns differ from the struct's: [`schema::check`](crate::schema::check)
+/// says which). Anything else converts as usual.
 fn write_error<T: Immutable>(err: sqlx::Error, entity_id: Uuid, intent: Intent) -> Error {
     if let sqlx::Error::Database(db) = &err {
         let table = T::TABLE.name;
         let code = db.code();
-        // A routine of the table's DDL is missing: the DDL was not run (or is from an older immu).
         let routine = format!("{table}_immu_");
         if code.as_deref() == Some("42883")
             && (db.message().starts_with(&format!("procedure {routine}"))
                 || db.message().starts_with(&format!("function {routine}")))
         {
-            return Error::MissingTable { table: table.to_owned() };
+            return Error::MachineryMismatch { table, message: db.message().to_owned() };
         }
         let pkey = db.constraint().is_some_and(|c| c.strip_suffix("_pkey") == Some(table));
         let taken = (db.is_unique_violation() && pkey)
-            || (code.as_deref() == Some("40001") && db.message().contains("concurrent update"))
+            || (code.as_deref() == Some("40001")
+                && (db.message().contains("concurrent update") || db.message().contains("stale snapshot")))
             || (code.as_deref() == Some(crate::error::INVALID_HISTORY_SQLSTATE)
                 && db.message().contains("skip or repeat"));
         if taken {

@@ -30,6 +30,10 @@ pub(crate) struct Entity<'a> {
     /// The fields left out of [`fields`](Self::fields) because their attributes could not be
     /// read (the stub impl still gives them a column constant).
     pub(crate) unread: Vec<&'a Ident>,
+    /// `#[immu(shape = N)]`.
+    pub(crate) shape: Option<syn::LitInt>,
+    /// `#[immu(upcast = Type)]`.
+    pub(crate) upcast: Option<Type>,
 }
 
 /// A field of the struct: one column.
@@ -74,9 +78,9 @@ impl<'a> Entity<'a> {
     /// fields, generics) or attribute syntax.
     pub(crate) fn from_syn(input: &'a DeriveInput, errors: &mut Errors) -> Entity<'a> {
         let attrs = errors.handle(ContainerAttrs::from_derive_input(input));
-        let (table, krate) = match attrs {
-            Some(attrs) => (attrs.table, attrs.krate),
-            None => (None, crate_only(input)),
+        let (table, krate, shape, upcast) = match attrs {
+            Some(attrs) => (attrs.table, attrs.krate, attrs.shape, attrs.upcast),
+            None => (None, crate_only(input), None, None),
         };
         let krate = krate.and_then(|lit| match lit.parse::<syn::Path>() {
             Ok(path) => Some(path),
@@ -142,7 +146,7 @@ impl<'a> Entity<'a> {
             }
         };
 
-        Entity { input, krate, table, rust_name, fields, unread }
+        Entity { input, krate, table, rust_name, fields, unread, shape, upcast }
     }
 
     /// Whether the input is a struct with named fields (the only shape that gets column

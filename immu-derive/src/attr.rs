@@ -4,7 +4,7 @@
 
 use darling::util::Flag;
 use darling::{Error, FromDeriveInput, FromField, FromMeta};
-use syn::{Expr, Lit, LitStr, Meta, Type, TypePath};
+use syn::{Expr, Lit, LitInt, LitStr, Meta, Type, TypePath};
 
 /// `#[immu(...)]` on the struct.
 #[derive(FromDeriveInput)]
@@ -16,6 +16,14 @@ pub(crate) struct ContainerAttrs {
     /// `crate = "path::to::immu_core"`: where the generated code finds `immu_core`.
     #[darling(rename = "crate", with = string)]
     pub(crate) krate: Option<LitStr>,
+    /// `shape = 2`: the shape of the entity this struct writes (default 1), recorded with every
+    /// version it writes.
+    #[darling(with = integer)]
+    pub(crate) shape: Option<LitInt>,
+    /// `upcast = CustomerV1`: the entity of the same table that reads versions of older shapes;
+    /// the struct converts from it (`From<CustomerV1>`).
+    #[darling(with = entity_type)]
+    pub(crate) upcast: Option<Type>,
 }
 
 /// `#[immu(...)]` on a field.
@@ -57,6 +65,22 @@ fn string(meta: &Meta) -> darling::Result<Option<LitStr>> {
         return Ok(Some(s.clone()));
     }
     Err(Error::custom(format!("expected a string in quotes: `{key} = \"...\"`")).with_span(value))
+}
+
+/// A `key = 1` value: an integer literal.
+fn integer(meta: &Meta) -> darling::Result<Option<LitInt>> {
+    let key = key(meta);
+    let Meta::NameValue(name_value) = meta else {
+        return Err(Error::custom(format!("expected a number: `{key} = 2`")).with_span(meta));
+    };
+    let mut value = &name_value.value;
+    while let Expr::Group(group) = value {
+        value = &group.expr;
+    }
+    if let Expr::Lit(syn::ExprLit { lit: Lit::Int(i), .. }) = value {
+        return Ok(Some(i.clone()));
+    }
+    Err(Error::custom(format!("expected a number without quotes: `{key} = 2`")).with_span(value))
 }
 
 /// A `key = Type` value: the path of an entity type (`Customer`, `crate::models::Customer`,

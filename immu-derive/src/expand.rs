@@ -39,9 +39,13 @@ fn impl_immutable(entity: &Entity<'_>) -> TokenStream {
     let decode = entity.fields.iter().enumerate().map(|(i, f)| decode_field(i, f, &private));
     let encode = entity.fields.iter().map(|f| encode_field(f, &private));
     let (unused_row, unused_args) = if entity.fields.is_empty() {
-        (quote!(let _ = (row, first);), quote!(let _ = args;))
+        (quote!(let _ = (row, columns);), quote!(let _ = args;))
     } else {
         (TokenStream::new(), TokenStream::new())
+    };
+    let shape = match &entity.shape {
+        Some(shape) => quote!(const SHAPE: i32 = #shape;),
+        None => TokenStream::new(),
     };
 
     let constants = entity.fields.iter().map(|field| {
@@ -61,6 +65,8 @@ fn impl_immutable(entity: &Entity<'_>) -> TokenStream {
             impl #krate::Immutable for #ident #where_clause {
                 const __TABLE_NAME: &'static str = #table;
 
+                #shape
+
                 const TABLE: #krate::TableDef = #krate::TableDef {
                     name: #table,
                     rust_name: #rust_name,
@@ -74,7 +80,7 @@ fn impl_immutable(entity: &Entity<'_>) -> TokenStream {
 
                 fn __decode(
                     row: &#private::PgRow,
-                    first: usize,
+                    columns: #private::RowLayout<'_>,
                 ) -> ::core::result::Result<Self, #private::sqlx::Error> {
                     #unused_row
                     ::core::result::Result::Ok(Self { #(#decode),* })
@@ -212,21 +218,18 @@ const RESERVED_MEANINGS: [&str; 5] = [
     "set only on a tombstone, the version a delete appends",
 ];
 
-/// The column index of the `i`th own column: `first`, `first + 1`, ...
-fn index(i: usize) -> TokenStream {
-    if i == 0 {
-        quote!(first)
-    } else {
-        let i = Literal::usize_unsuffixed(i);
-        quote!(first + #i)
-    }
+/// The column index of the `i`th own column in `row`, as `columns` locates it.
+fn index(i: usize, field: &Field<'_>) -> TokenStream {
+    let i = Literal::usize_unsuffixed(i);
+    let name = &field.column.value;
+    quote!(columns.index(row, #i, #name)?)
 }
 
 /// `member: <decoded column>` for `Self { .. }` in `__decode`.
 fn decode_field(i: usize, field: &Field<'_>, private: &TokenStream) -> TokenStream {
     let (member, ty) = (field.member, field.ty);
     let private = respan(private.clone(), ty.span());
-    let index = index(i);
+    let index = index(i, field);
     let value = if field.json {
         quote_spanned! {ty.span()=>
             <#private::PgRow as #private::Row>::try_get::<#private::Json<#ty>, usize>(row, #index)?.0

@@ -58,7 +58,7 @@ pub(crate) fn expand(entity: &Entity<'_>) -> TokenStream {
 
                 fn __decode(
                     _: &#private::PgRow,
-                    _: usize,
+                    _: #private::RowLayout<'_>,
                 ) -> ::core::result::Result<Self, #private::sqlx::Error> {
                     ::core::unreachable!()
                 }

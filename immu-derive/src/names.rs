@@ -80,10 +80,20 @@ pub(crate) enum Reserved {
     Exact(&'static str),
     /// `name` equals a reserved column ignoring case, e.g. `Version`.
     CaseVariant(&'static str),
+    /// `name` starts with `immu_` (in any case): immu reserves those names for its own columns.
+    Prefix,
 }
+
+/// The prefix of the names immu reserves for columns of its own, now and in later releases.
+pub(crate) const RESERVED_PREFIX: &str = "immu_";
 
 /// Whether `name` collides with one of the columns immu adds to every table.
 pub(crate) fn reserved(name: &str) -> Option<Reserved> {
+    if name.len() >= RESERVED_PREFIX.len()
+        && name[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX)
+    {
+        return Some(Reserved::Prefix);
+    }
     RESERVED_COLUMNS
         .iter()
         .find(|r| r.eq_ignore_ascii_case(name))

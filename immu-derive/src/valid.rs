@@ -13,6 +13,22 @@ impl Entity<'_> {
     /// Records every problem of the entity in `errors`.
     pub(crate) fn validate(&self, errors: &mut Errors) {
         check_name(&self.table, NameKind::Table, &self.rust_name, errors);
+        if let Some(shape) = &self.shape {
+            match shape.base10_parse::<i32>() {
+                Ok(n) if n >= 1 && shape.suffix().is_empty() => {}
+                _ => errors.at(shape.span(), "`shape` must be a number from 1 to 2147483647: `shape = 2`"),
+            }
+        }
+        if let Some(upcast) = &self.upcast {
+            let shape = self.shape.as_ref().and_then(|s| s.base10_parse::<i32>().ok()).unwrap_or(1);
+            if shape < 2 {
+                errors.spanned(
+                    upcast,
+                    "`upcast` converts versions written by an older shape of the entity: give this struct \
+                     its own, newer shape too, such as `#[immu(shape = 2, upcast = ...)]`",
+                );
+            }
+        }
 
         // Column name -> the field that took it first; the same for constant names.
         let mut taken: HashMap<&str, &Field<'_>> = HashMap::new();
@@ -143,5 +159,8 @@ fn reserved_message(field: &Field<'_>, reserved: Reserved) -> String {
             "column `{name}` differs from immu's reserved column `{r}` only in case, which would be \
              confusing; {fix}"
         ),
+        Reserved::Prefix => {
+            format!("column `{name}` starts with `immu_`, which immu reserves for columns of its own; {fix}")
+        }
     }
 }

@@ -39,36 +39,116 @@ macro_rules! tests {
     };
 }
 
+/// The application role the tests run as: the least privileges an application needs, as the
+/// README's "Permissions" section grants them (see [`grant_application_role`]).
+pub const APP_ROLE: &str = "immu_test_app";
+
 /// A fresh database for one test.
+///
+/// [`pool`](Self::pool), [`connect`](Self::connect) and [`pool_of`](Self::pool_of) act as the
+/// application role [`APP_ROLE`], as an application would; [`owner`](Self::owner) and
+/// [`connect_owner`](Self::connect_owner) as the tables' owner, for what only the owner may do
+/// (raw `UPDATE`s to see the triggers refuse them, `ALTER TABLE`, ...).
 #[derive(Clone, Debug)]
 pub struct Db {
-    /// A pool on the test's database.
+    /// A pool on the test's database, as the application role.
     pub pool: PgPool,
-    /// Connection options of the test's database (for extra connections).
+    /// A pool on the test's database, as the tables' owner.
+    pub owner: PgPool,
+    /// Connection options of the test's database, as the owner (the application role's
+    /// connections take them and `SET ROLE`).
     pub options: PgConnectOptions,
     admin: PgConnectOptions,
     name: String,
 }
 
 impl Db {
-    /// A new connection to the test's database, outside the pool.
+    /// A new connection to the test's database, outside the pool, as the application role.
     pub async fn connect(&self) -> sqlx::Result<PgConnection> {
+        let mut conn = self.options.connect().await?;
+        set_app_role(&mut conn).await?;
+        Ok(conn)
+    }
+
+    /// A new connection to the test's database, as the tables' owner.
+    pub async fn connect_owner(&self) -> sqlx::Result<PgConnection> {
         self.options.connect().await
     }
 
-    /// A pool on a second, empty database (no migrations applied), dropped after the test.
+    /// A pool on a second, empty database (no migrations applied), as its owner; dropped after
+    /// the test, or by [`drop_empty_database`](Self::drop_empty_database).
     pub async fn empty_database(&self) -> sqlx::Result<PgPool> {
         let name = scratch_name(&self.name);
         let mut admin = self.admin.connect().await?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await?;
         admin.close().await?;
-        PgPoolOptions::new().max_connections(4).connect_with(self.admin.clone().database(&name)).await
+        PgPoolOptions::new().max_connections(4).connect_with(self.empty_database_options()).await
     }
 
-    /// A pool of up to `max` connections on the test's database.
-    pub async fn pool(&self, max: u32) -> sqlx::Result<PgPool> {
-        PgPoolOptions::new().max_connections(max).connect_with(self.options.clone()).await
+    /// Connection options of the database of [`empty_database`](Self::empty_database).
+    pub fn empty_database_options(&self) -> PgConnectOptions {
+        self.admin.clone().database(&scratch_name(&self.name))
     }
+
+    /// Drops the database of [`empty_database`](Self::empty_database) (close its pools first).
+    pub async fn drop_empty_database(&self) -> sqlx::Result<()> {
+        let mut admin = self.admin.connect().await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            scratch_name(&self.name)
+        )))
+        .execute(&mut admin)
+        .await?;
+        admin.close().await
+    }
+
+    /// A pool of up to `max` connections on the test's database, as the application role.
+    pub async fn pool(&self, max: u32) -> sqlx::Result<PgPool> {
+        app_pool(&self.options, max).await
+    }
+}
+
+/// A pool whose connections act as [`APP_ROLE`].
+async fn app_pool(options: &PgConnectOptions, max: u32) -> sqlx::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .after_connect(|conn, _| Box::pin(set_app_role(conn)))
+        .connect_with(options.clone())
+        .await
+}
+
+async fn set_app_role(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET ROLE {APP_ROLE}"))).execute(conn).await?;
+    Ok(())
+}
+
+/// Creates [`APP_ROLE`] if it does not exist (roles belong to the server, not a database).
+pub async fn create_application_role(admin: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DO $$ BEGIN CREATE ROLE {APP_ROLE} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+    )))
+    .execute(admin)
+    .await?;
+    Ok(())
+}
+
+/// Grants `role` what the README's "Permissions" section says an application needs, on every
+/// versioned table of the database: `USAGE` on the schema, `SELECT` and `INSERT` on each history
+/// table, `SELECT` on each projection. (`EXECUTE` on the generated routines and `USAGE` on schema
+/// `immu` are PostgreSQL's and immu's defaults for `PUBLIC`.)
+pub async fn grant_application_role(conn: &mut PgConnection, role: &str) -> sqlx::Result<()> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "GRANT USAGE ON SCHEMA public TO {role};
+         DO $$ DECLARE t record; BEGIN
+             FOR t IN SELECT table_name, projection FROM immu.versioned_tables LOOP
+                 EXECUTE format('GRANT SELECT, INSERT ON %s TO {role}', t.table_name);
+                 EXECUTE format('GRANT SELECT ON %s TO {role}', t.projection);
+             END LOOP;
+         END $$;"
+    )))
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 struct Context {
@@ -147,6 +227,8 @@ impl Context {
         let mut conn = admin.clone().database(&template).connect().await?;
         immu_core::MIGRATOR.run(&mut conn).await?;
         crate::MIGRATOR.run(&mut conn).await?;
+        create_application_role(&mut conn).await?;
+        grant_application_role(&mut conn, APP_ROLE).await?;
         conn.close().await?;
         Ok(Context { admin, counter: AtomicUsize::new(0), template })
     }
@@ -158,10 +240,18 @@ impl Context {
             .execute(&mut admin)
             .await?;
         let options = self.admin.clone().database(&name);
-        let pool = PgPoolOptions::new().max_connections(8).connect_with(options.clone()).await?;
-        let db = Db { pool: pool.clone(), options, admin: self.admin.clone(), name: name.clone() };
+        let pool = app_pool(&options, 8).await?;
+        let owner = PgPoolOptions::new().max_connections(4).connect_with(options.clone()).await?;
+        let db = Db {
+            pool: pool.clone(),
+            owner: owner.clone(),
+            options,
+            admin: self.admin.clone(),
+            name: name.clone(),
+        };
         let outcome = (test.run)(db).await;
         pool.close().await;
+        owner.close().await;
         for database in [name.clone(), scratch_name(&name)] {
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")))
                 .execute(&mut admin)

@@ -197,6 +197,8 @@ pub fn definitely_not_written(err: &Error) -> bool {
         }
         Error::Database(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) => true,
         Error::Database(_) => false,
+        // immu could not tell whether the write committed.
+        Error::OutcomeUnknown { .. } => false,
         _ => true,
     }
 }
@@ -1148,5 +1150,12 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "eof");
         assert!(!definitely_not_written(&Error::Database(sqlx::Error::Io(io))));
         assert!(!definitely_not_written(&Error::Database(sqlx::Error::Protocol("?".into()))));
+        let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "eof");
+        assert!(!definitely_not_written(&Error::OutcomeUnknown {
+            table: "accounts",
+            entity_id: id,
+            version_id: id,
+            source: Box::new(sqlx::Error::Io(eof)),
+        }));
     }
 }

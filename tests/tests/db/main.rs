@@ -12,6 +12,7 @@ mod queries;
 mod raw_sql;
 mod reads;
 mod schema;
+mod upgrade;
 mod writes;
 
 fn main() -> std::process::ExitCode {
@@ -25,6 +26,7 @@ fn main() -> std::process::ExitCode {
             demo::tests(),
             queries::tests(),
             associations::tests(),
+            upgrade::tests(),
         ]
         .into_iter()
         .flatten()

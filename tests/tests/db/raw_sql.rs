@@ -15,7 +15,7 @@ immu_tests::tests![
     refusal_holds_for_keyword_named_tables,
     versions_inserted_by_hand_must_continue_the_history,
     a_version_inserted_by_hand_becomes_current,
-    infinite_or_non_positive_versions_and_times_are_refused,
+    the_database_stamps_every_version_with_its_clock,
     tombstone_must_be_stamped_at_its_valid_from,
     missing_table_is_a_typed_error,
     a_damaged_projection_is_rebuilt_from_history,
@@ -45,7 +45,7 @@ fn assert_append_only(err: &Error, table: &str, operation: &str) {
 
 async fn raw_update_is_refused_with_a_clear_error(db: Db) -> TestResult {
     let v1 = Account::insert(&db.pool, Account::new("ada", 100)).await?;
-    let mut conn = db.connect().await?;
+    let mut conn = db.connect_owner().await?;
     let raw = sqlx::raw_sql("UPDATE accounts SET balance = 0").execute(&mut conn).await.unwrap_err();
     // What the database says, as a psql user would see it:
     let db_err = raw.as_database_error().expect("a database error");
@@ -57,7 +57,7 @@ async fn raw_update_is_refused_with_a_clear_error(db: Db) -> TestResult {
 }
 
 async fn raw_update_matching_no_row_is_refused_too(db: Db) -> TestResult {
-    let mut conn = db.connect().await?;
+    let mut conn = db.connect_owner().await?;
     let err = refusal(&mut conn, "UPDATE accounts SET balance = 0 WHERE false").await?;
     assert_append_only(&err, "accounts", "UPDATE");
     Ok(())
@@ -65,7 +65,7 @@ async fn raw_update_matching_no_row_is_refused_too(db: Db) -> TestResult {
 
 async fn raw_delete_is_refused(db: Db) -> TestResult {
     let v1 = Account::insert(&db.pool, Account::new("ada", 100)).await?;
-    let mut conn = db.connect().await?;
+    let mut conn = db.connect_owner().await?;
     let err = refusal(&mut conn, "DELETE FROM accounts").await?;
     assert_append_only(&err, "accounts", "DELETE");
     assert_eq!(Account::history(&db.pool, v1.entity_id).await?, vec![v1]);
@@ -74,7 +74,7 @@ async fn raw_delete_is_refused(db: Db) -> TestResult {
 
 async fn raw_truncate_is_refused(db: Db) -> TestResult {
     let v1 = Account::insert(&db.pool, Account::new("ada", 100)).await?;
-    let mut conn = db.connect().await?;
+    let mut conn = db.connect_owner().await?;
     let err = refusal(&mut conn, "TRUNCATE accounts").await?;
     assert_append_only(&err, "accounts", "TRUNCATE");
     assert_eq!(Account::history(&db.pool, v1.entity_id).await?, vec![v1]);
@@ -83,7 +83,7 @@ async fn raw_truncate_is_refused(db: Db) -> TestResult {
 
 async fn refusal_holds_under_replica_replication_role(db: Db) -> TestResult {
     let v1 = Account::insert(&db.pool, Account::new("ada", 100)).await?;
-    let mut conn = db.connect().await?;
+    let mut conn = db.connect_owner().await?;
     // The test role is a superuser, as the table owner often is: an ordinary trigger is skipped
     // in replica mode, an ENABLE ALWAYS trigger is not.
     sqlx::raw_sql("SET session_replication_role = replica").execute(&mut conn).await?;
@@ -100,7 +100,7 @@ async fn refusal_holds_under_replica_replication_role(db: Db) -> TestResult {
 }
 
 async fn refusal_holds_for_keyword_named_tables(db: Db) -> TestResult {
-    let mut conn = db.connect().await?;
+    let mut conn = db.connect_owner().await?;
     let err = refusal(&mut conn, r#"UPDATE "order" SET "user" = 'x'"#).await?;
     assert_append_only(&err, "order", "UPDATE");
     let err = refusal(&mut conn, r#"DELETE FROM "order""#).await?;
@@ -128,7 +128,7 @@ async fn versions_inserted_by_hand_must_continue_the_history(db: Db) -> TestResu
     for (version, valid_from, reason) in [
         (1, "clock_timestamp()", "would skip or repeat a version: its latest version is 1"),
         (3, "clock_timestamp()", "would skip or repeat a version: its latest version is 1"),
-        (2, "now() - interval '1 day'", "is valid from"),
+        (0, "clock_timestamp()", "fails the version check"),
     ] {
         let err = Error::from(insert(version, valid_from).await.unwrap_err());
         match &err {
@@ -146,33 +146,49 @@ async fn versions_inserted_by_hand_must_continue_the_history(db: Db) -> TestResu
     Ok(())
 }
 
-async fn infinite_or_non_positive_versions_and_times_are_refused(db: Db) -> TestResult {
-    for (sql, constraint) in [
-        (
-            "INSERT INTO accounts (id, entity_id, version, valid_from, owner, balance) VALUES (gen_random_uuid(), gen_random_uuid(), 1, 'infinity', 'x', 0)",
-            Some("immu_valid_from_in_range"),
-        ),
-        (
-            "INSERT INTO accounts (id, entity_id, version, valid_from, owner, balance) VALUES (gen_random_uuid(), gen_random_uuid(), 1, '-infinity', 'x', 0)",
-            Some("immu_valid_from_in_range"),
-        ),
-        (
-            "INSERT INTO accounts (id, entity_id, version, valid_from, owner, balance) VALUES (gen_random_uuid(), gen_random_uuid(), 0, now(), 'x', 0)",
-            None, // the insert check: version 0 would not follow "no version"
-        ),
+async fn the_database_stamps_every_version_with_its_clock(db: Db) -> TestResult {
+    // Whatever valid_from a raw insert names (none, infinite, backdated, far in the future), the
+    // database replaces it with its own clock, after the previous version's.
+    let id = Uuid::now_v7();
+    for (version, valid_from) in [
+        (1, "NULL"),
+        (2, "'infinity'"),
+        (3, "'-infinity'"),
+        (4, "now() - interval '10 years'"),
+        (5, "'200000-01-01'"),
     ] {
-        let err = sqlx::raw_sql(sql).execute(&db.pool).await.unwrap_err();
-        let db_err = err.as_database_error().expect("a database error");
-        match constraint {
-            Some(constraint) => assert_eq!(db_err.constraint(), Some(constraint), "{err}"),
-            None => assert_eq!(db_err.code().as_deref(), Some(immu_core::INVALID_HISTORY_SQLSTATE), "{err}"),
-        }
+        let sql = format!(
+            "INSERT INTO accounts (id, entity_id, version, valid_from, owner, balance) \
+             VALUES (gen_random_uuid(), $1, {version}, {valid_from}, 'x', {version}) \
+             RETURNING valid_from, clock_timestamp() - valid_from"
+        );
+        let (stored, age): (chrono::DateTime<chrono::Utc>, sqlx::postgres::types::PgInterval) =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(&db.pool).await?;
+        assert!(
+            age.months == 0 && age.days == 0 && (0..1_000_000).contains(&age.microseconds),
+            "{valid_from}: {stored} ({age:?})"
+        );
+    }
+    let history = Account::history(&db.pool, id).await?;
+    assert_eq!(history.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    assert!(history.windows(2).all(|w| w[0].valid_from <= w[1].valid_from), "{history:?}");
+    // Version 0 and a NULL version fail the version check; nothing reaches the projection.
+    for version in ["0", "NULL", "-1"] {
+        let sql = format!(
+            "INSERT INTO accounts (id, entity_id, version, valid_from, owner, balance) \
+             VALUES (gen_random_uuid(), gen_random_uuid(), {version}, now(), 'x', 0)"
+        );
+        let err = Error::from(sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&db.pool).await.unwrap_err());
+        assert!(
+            matches!(&err, Error::InvalidHistory { table, message } if table == "accounts" && message.contains("fails the version check")),
+            "{version}: {err:?}"
+        );
     }
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts").fetch_one(&db.pool).await?;
-    assert_eq!(total, 0);
+    assert_eq!(total, 5);
     let projected: i64 =
         sqlx::query_scalar("SELECT count(*) FROM accounts_current").fetch_one(&db.pool).await?;
-    assert_eq!(projected, 0, "a refused version 1 leaves no row in the projection");
+    assert_eq!(projected, 1, "a refused version leaves no row in the projection");
     Ok(())
 }
 
@@ -204,14 +220,24 @@ async fn a_version_inserted_by_hand_becomes_current(db: Db) -> TestResult {
 }
 
 async fn tombstone_must_be_stamped_at_its_valid_from(db: Db) -> TestResult {
-    let err = sqlx::raw_sql(
+    // A raw tombstone names any non-NULL deleted_at: the database stamps it at its valid_from.
+    let v1 = Account::insert(&db.pool, Account::new("x", 0)).await?;
+    let (valid_from, deleted_at): (chrono::DateTime<chrono::Utc>, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
         "INSERT INTO accounts (id, entity_id, version, valid_from, deleted_at, owner, balance)
-         VALUES (gen_random_uuid(), gen_random_uuid(), 1, now(), now() - interval '1 day', 'x', 0)",
+         VALUES (gen_random_uuid(), $1, 2, now(), now() - interval '1 day', 'x', 0) RETURNING valid_from, deleted_at",
     )
-    .execute(&db.pool)
-    .await
-    .unwrap_err();
-    assert_eq!(err.as_database_error().and_then(|e| e.constraint()), Some("immu_tombstone_at_valid_from"));
+    .bind(v1.entity_id)
+    .fetch_one(&db.pool)
+    .await?;
+    assert_eq!(deleted_at, Some(valid_from));
+    assert!(Account::find(&db.pool, v1.entity_id).await.unwrap_err().is_deleted());
+    // And the CHECK stays, for a tombstone written with the trigger disabled.
+    let check: String = sqlx::query_scalar(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'immu_tombstone_at_valid_from' AND conrelid = 'accounts'::regclass",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    assert_eq!(check, "CHECK (((deleted_at IS NULL) OR (deleted_at = valid_from)))");
     Ok(())
 }
 
@@ -251,20 +277,20 @@ async fn a_damaged_projection_is_rebuilt_from_history(db: Db) -> TestResult {
         "ALTER TABLE accounts_current DISABLE TRIGGER immu_projection;
          UPDATE accounts_current SET balance = -1, version = 1 WHERE entity_id = '{a}';
          DELETE FROM accounts_current WHERE entity_id = '{b}';
-         INSERT INTO accounts_current SELECT gen_random_uuid(), gen_random_uuid(), 1, now(), NULL, 'ghost', 0;
+         INSERT INTO accounts_current (id, entity_id, version, valid_from, owner, balance)
+             VALUES (gen_random_uuid(), gen_random_uuid(), 1, now(), 'ghost', 0);
          ALTER TABLE accounts_current ENABLE ALWAYS TRIGGER immu_projection;",
         a = a.entity_id,
         b = b.entity_id,
     )))
-    .execute(&db.pool)
+    .execute(&db.owner)
     .await?;
     let (projected, history) = projection_and_history(&db).await?;
     assert_ne!(projected, history);
 
-    let mut tx = db.pool.begin().await?;
     let rebuild = immu_core::schema::rebuild_projection::<Account>()?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(rebuild)).execute(&mut *tx).await?;
-    tx.commit().await?;
+    let changed: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(rebuild)).fetch_one(&db.owner).await?;
+    assert_eq!(changed, 3, "a's row rewritten, b's added back, the ghost removed");
     let (projected, history) = projection_and_history(&db).await?;
     assert_eq!(projected, history);
     assert_eq!(projected.len(), 3);
@@ -272,7 +298,7 @@ async fn a_damaged_projection_is_rebuilt_from_history(db: Db) -> TestResult {
     assert!(Account::find(&db.pool, b.entity_id).await.unwrap_err().is_deleted());
     assert_eq!(Account::find(&db.pool, c.entity_id).await?.balance, 100);
     // The refusal is back, and writes go on from the rebuilt rows.
-    let err = refusal(&mut db.connect().await?, "DELETE FROM accounts_current").await?;
+    let err = refusal(&mut db.connect_owner().await?, "DELETE FROM accounts_current").await?;
     assert!(matches!(&err, Error::AppendOnly { table, .. } if table == "accounts_current"), "{err:?}");
     assert_eq!(Account::modify(&db.pool, a.entity_id, |x| x.balance = 3).await?.version, 3);
     assert_eq!(Account::undelete(&db.pool, b.entity_id).await?.version, 3);

@@ -66,30 +66,30 @@ async fn generated_ddl_creates_a_working_table(db: Db) -> TestResult {
         ],
     };
     let ddl = create_table_for(&GADGETS)?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl)).execute(&db.pool).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl)).execute(&db.owner).await?;
     sqlx::raw_sql(
         "INSERT INTO gadgets (id, entity_id, version, valid_from, name, weight) VALUES (gen_random_uuid(), gen_random_uuid(), 1, now(), 'g', NULL)",
     )
-    .execute(&db.pool)
+    .execute(&db.owner)
     .await?;
     let err =
-        Error::from(sqlx::raw_sql("UPDATE gadgets SET name = 'h'").execute(&db.pool).await.unwrap_err());
+        Error::from(sqlx::raw_sql("UPDATE gadgets SET name = 'h'").execute(&db.owner).await.unwrap_err());
     assert!(matches!(&err, Error::AppendOnly { table, .. } if table == "gadgets"), "{err:?}");
     let indexes: Vec<String> =
         sqlx::query_scalar("SELECT indexname::text FROM pg_indexes WHERE tablename = 'gadgets' ORDER BY 1")
-            .fetch_all(&db.pool)
+            .fetch_all(&db.owner)
             .await?;
     assert_eq!(indexes, ["gadgets_pkey"], "the primary key is the only index of the history");
     let indexes: Vec<String> = sqlx::query_scalar(
         "SELECT indexname::text FROM pg_indexes WHERE tablename = 'gadgets_current' ORDER BY 1",
     )
-    .fetch_all(&db.pool)
+    .fetch_all(&db.owner)
     .await?;
     assert_eq!(indexes, ["gadgets_current_pkey"]);
     let enabled: String = sqlx::query_scalar(
         "SELECT tgenabled::text FROM pg_trigger WHERE tgrelid = 'gadgets'::regclass AND tgname = 'immu_append_only'",
     )
-    .fetch_one(&db.pool)
+    .fetch_one(&db.owner)
     .await?;
     assert_eq!(enabled, "A", "the trigger is ENABLE ALWAYS");
     Ok(())
@@ -128,12 +128,12 @@ async fn invalid_identifiers_are_refused_at_runtime(_db: Db) -> TestResult {
 
 async fn immu_migrations_are_tracked_apart_and_rerunnable(db: Db) -> TestResult {
     let immu: Vec<i64> =
-        sqlx::query_scalar("SELECT version FROM immu._migrations ORDER BY 1").fetch_all(&db.pool).await?;
+        sqlx::query_scalar("SELECT version FROM immu._migrations ORDER BY 1").fetch_all(&db.owner).await?;
     assert_eq!(immu, immu_core::MIGRATOR.iter().map(|m| m.version).collect::<Vec<_>>());
-    let app: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&db.pool).await?;
+    let app: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&db.owner).await?;
     assert_eq!(app as usize, immu_tests::MIGRATOR.iter().count());
     // Both migrators can run again: nothing to do, no "missing migration" error.
-    immu_core::MIGRATOR.run(&db.pool).await?;
-    immu_tests::MIGRATOR.run(&db.pool).await?;
+    immu_core::MIGRATOR.run(&db.owner).await?;
+    immu_tests::MIGRATOR.run(&db.owner).await?;
     Ok(())
 }

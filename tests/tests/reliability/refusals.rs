@@ -11,13 +11,15 @@ use uuid::Uuid;
 use crate::{BoxError, Env, Verdict};
 
 /// UPDATE, DELETE, TRUNCATE of both tables (as the owner, and with `session_replication_role =
-/// replica`): `Error::AppendOnly`; hand-inserted rows with a repeated or skipped version, an earlier
-/// `valid_from`, a first version other than 1: `Error::InvalidHistory`; `valid_from = 'infinity'`:
-/// the `immu_valid_from_in_range` check. The history is unchanged afterwards.
+/// replica`): `Error::AppendOnly`; hand-inserted rows with a repeated, skipped, zero or NULL
+/// version, a first version other than 1, a tombstone as version 1 or carrying other data than
+/// the version it deletes: `Error::InvalidHistory`. The history is unchanged afterwards. And the
+/// database stamps raw versions with its own clock, whatever `valid_from` they name (backdated,
+/// infinite, beyond chrono's range).
 pub(crate) async fn raw_sql(env: Env) -> Result<Verdict, BoxError> {
     let mut verdict = Verdict::new(
-        "UPDATE/DELETE/TRUNCATE as owner and as replica: AppendOnly; repeated/skipped/backdated/infinite \
-         versions: InvalidHistory or CHECK; history unchanged",
+        "UPDATE/DELETE/TRUNCATE as owner and as replica: AppendOnly; repeated/skipped/zero/NULL versions, \
+         bad tombstones: InvalidHistory; history unchanged; raw valid_from replaced by the database clock",
     );
     let mut history = History::new();
     let id = history.push(reliability::insert(&env.pool, "v1", 10).await).ok_or("insert failed")?.entity_id;
@@ -64,35 +66,26 @@ pub(crate) async fn raw_sql(env: Env) -> Result<Verdict, BoxError> {
         }
 
         // Hand-written versions that would break the history.
-        let latest =
-            before.iter().filter(|r| r.entity_id == id).map(|r| r.valid_from).max().ok_or("no rows")?;
-        let attempts: [(&str, Uuid, i64, String, bool); 6] = [
-            ("repeated version 3", id, 3, "clock_timestamp()".into(), true),
-            ("repeated version 1", id, 1, "clock_timestamp()".into(), true),
-            ("skipped version 5", id, 5, "clock_timestamp()".into(), true),
-            (
-                "version 4 an hour before version 3",
-                id,
-                4,
-                format!("'{}'::timestamptz - interval '1 hour'", latest.to_rfc3339()),
-                true,
-            ),
-            ("new entity starting at version 2", Uuid::now_v7(), 2, "clock_timestamp()".into(), true),
-            ("version 4 valid from 'infinity'", id, 4, "'infinity'".into(), false),
+        let attempts: [(&str, Uuid, Option<i64>, bool); 8] = [
+            ("repeated version 3", id, Some(3), false),
+            ("repeated version 1", id, Some(1), false),
+            ("skipped version 5", id, Some(5), false),
+            ("version 0", id, Some(0), false),
+            ("NULL version", id, None, false),
+            ("new entity starting at version 2", Uuid::now_v7(), Some(2), false),
+            ("new entity's version 1 as a tombstone", Uuid::now_v7(), Some(1), true),
+            ("tombstone with other data than version 3", id, Some(4), true),
         ];
-        for (n, (what, entity, version, valid_from, history_check)) in attempts.into_iter().enumerate() {
+        for (n, (what, entity, version, tombstone)) in attempts.into_iter().enumerate() {
             let tag = format!("raw-{role}-{n}");
-            let result = raw_insert(&mut conn, entity, version, &valid_from, &tag).await;
+            let result = raw_insert(&mut conn, entity, version, tombstone, &tag).await;
             let outcome = match result {
                 Ok(()) => {
                     verdict.fail(format!("{role}: {what}: inserted"));
                     Outcome::Unknown("raw insert succeeded".into())
                 }
                 Err(err) => {
-                    // The insert check (history_check) or the CHECK immu_valid_from_in_range: both
-                    // surface as Error::InvalidHistory.
-                    let ok = matches!(&err, Error::InvalidHistory { table, message }
-                        if table == "accounts" && (history_check || message.contains("immu_valid_from_in_range")));
+                    let ok = matches!(&err, Error::InvalidHistory { table, .. } if table == "accounts");
                     verdict.expect(ok, || format!("{role}: {what}: got {err:?}"));
                     if ok {
                         refused += 1;
@@ -100,11 +93,17 @@ pub(crate) async fn raw_sql(env: Env) -> Result<Verdict, BoxError> {
                     Outcome::Failed(err)
                 }
             };
-            history.push(Op { entity: Some(entity), kind: Kind::Raw { version }, tag, group: None, outcome });
+            history.push(Op {
+                entity: Some(entity),
+                kind: Kind::Raw { version: version.unwrap_or_default() },
+                tag,
+                group: None,
+                outcome,
+            });
         }
     }
 
-    far_future(&env, &mut verdict).await?;
+    database_clock(&env, &mut verdict).await?;
 
     let after = reliability::stored_rows(&env.pool).await?;
     verdict.expect(after == before, || "the stored history changed".to_owned());
@@ -118,20 +117,21 @@ pub(crate) async fn raw_sql(env: Env) -> Result<Verdict, BoxError> {
 async fn raw_insert(
     conn: &mut PgConnection,
     entity: Uuid,
-    version: i64,
-    valid_from: &str,
+    version: Option<i64>,
+    tombstone: bool,
     tag: &str,
 ) -> Result<(), Error> {
-    let sql = format!(
-        "INSERT INTO accounts (id, entity_id, version, valid_from, owner, balance) VALUES ($1, $2, $3, {valid_from}, $4, 0)"
-    );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(Uuid::now_v7())
-        .bind(entity)
-        .bind(version)
-        .bind(tag)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO accounts (id, entity_id, version, valid_from, deleted_at, owner, balance) \
+         VALUES ($1, $2, $3, clock_timestamp(), CASE WHEN $4 THEN clock_timestamp() END, $5, 0)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(entity)
+    .bind(version)
+    .bind(tombstone)
+    .bind(tag)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -156,11 +156,12 @@ where
     }
 }
 
-/// A version valid from a finite instant beyond chrono's range (PostgreSQL's timestamps reach
-/// 294276 AD, chrono's 262142 AD), inserted with raw SQL into the `order` table: the CHECK
-/// `immu_valid_from_in_range` refuses it (it would make the entity unreadable from Rust), and
-/// reads of the entity keep working.
-async fn far_future(env: &Env, verdict: &mut Verdict) -> Result<(), BoxError> {
+/// Raw versions that name their own `valid_from` (an hour before the previous version, infinite,
+/// beyond chrono's range: PostgreSQL's timestamps reach 294276 AD, chrono's 262142 AD), inserted
+/// into the `order` table: the database stamps each with its clock instead, after the previous
+/// version's, so that reads of the entity keep working (a version beyond chrono's range would make
+/// it unreadable from Rust).
+async fn database_clock(env: &Env, verdict: &mut Verdict) -> Result<(), BoxError> {
     let order = Order {
         customer: "far".into(),
         r#select: 1,
@@ -171,16 +172,24 @@ async fn far_future(env: &Env, verdict: &mut Verdict) -> Result<(), BoxError> {
         due: None,
     };
     let v1 = Order::insert(&env.pool, order).await?;
-    let inserted = sqlx::query(
-        r#"INSERT INTO "order" (id, entity_id, version, valid_from, "user", "select", lines, status, payload)
-           VALUES ($1, $2, 2, '270000-01-01T00:00:00Z', 'far', 2, '[]', 'open', '')"#,
-    )
-    .bind(Uuid::now_v7())
-    .bind(v1.entity_id)
-    .execute(&env.pool)
-    .await
-    .map_err(Error::from);
     let id = v1.entity_id;
+    for (version, valid_from) in
+        [(2, "'270000-01-01T00:00:00Z'"), (3, "'infinity'"), (4, "now() - interval '1 hour'")]
+    {
+        let sql = format!(
+            r#"INSERT INTO "order" (id, entity_id, version, valid_from, "user", "select", lines, status, payload)
+               VALUES ($1, $2, {version}, {valid_from}, 'far', {version}, '[]', 'open', '')
+               RETURNING valid_from, clock_timestamp()"#
+        );
+        let stamped: Result<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>), _> =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(Uuid::now_v7()).bind(id).fetch_one(&env.pool).await;
+        match stamped {
+            Ok((stored, now)) => verdict.expect(stored <= now && now - stored < chrono::TimeDelta::seconds(5), || {
+                format!("a version naming valid_from {valid_from} was stamped {stored}, not the database clock ({now})")
+            }),
+            Err(err) => verdict.fail(format!("a version naming valid_from {valid_from}: {err}")),
+        }
+    }
     let pool = env.pool.clone();
     let find = probe({
         let pool = pool.clone();
@@ -199,22 +208,18 @@ async fn far_future(env: &Env, verdict: &mut Verdict) -> Result<(), BoxError> {
     .await;
     let modify = probe({
         let pool = pool.clone();
-        async move { Order::modify(&pool, id, |o| o.r#select = 3).await }
+        async move { Order::modify(&pool, id, |o| o.r#select = 5).await }
     })
     .await;
-    let versions: i64 = sqlx::query_scalar(r#"SELECT count(*) FROM "order" WHERE entity_id = $1"#)
-        .bind(id)
-        .fetch_one(&env.pool)
-        .await?;
     let answers = format!("find: {find}; history: {history}; list: {list}; modify: {modify}");
-    match inserted {
-        Err(Error::InvalidHistory { .. }) => {
-            verdict.count("a version valid from year 270000 (beyond chrono's range) refused".to_owned())
-        }
-        Err(err) => verdict.fail(format!("a version valid from year 270000: untyped refusal {err:?}")),
-        Ok(_) => verdict.fail(format!(
-            "a version valid from year 270000 was accepted ({versions} versions stored); afterwards {answers}"
-        )),
-    }
+    verdict.expect(answers == "find: Ok; history: Ok; list: Ok; modify: Ok", || answers.clone());
+    let monotone: bool = sqlx::query_scalar(
+        r#"SELECT bool_and(valid_from >= prev) FROM (SELECT valid_from, lag(valid_from, 1, '-infinity') OVER (ORDER BY version) AS prev FROM "order" WHERE entity_id = $1) v"#,
+    )
+    .bind(id)
+    .fetch_one(&env.pool)
+    .await?;
+    verdict.expect(monotone, || "valid_from went backwards".to_owned());
+    verdict.count("3 raw valid_from values replaced by the database clock".to_owned());
     Ok(())
 }
