@@ -358,12 +358,15 @@ BEGIN
 
     -- The insert trigger: SECURITY DEFINER (the application needs no write privilege on the
     -- projection), run for every inserted version, immu's or raw SQL's.
-    update_sql := format($t$UPDATE %1$s AS c SET (%2$s) = (%3$s)
+    update_sql := format($t$PERFORM pg_catalog.set_config('immu.writing', %5$L, true);
+            UPDATE %1$s AS c SET (%2$s) = (%3$s)
             WHERE c.entity_id = NEW.entity_id AND c.version = NEW.version - 1
               AND CASE WHEN c.deleted_at IS NULL THEN NEW.deleted_at IS NULL OR %4$s
                        ELSE NEW.deleted_at IS NULL AND %4$s END
-            RETURNING c.valid_from, c.deleted_at INTO NEW.valid_from, NEW.deleted_at;$t$,
-        projection, set_list, set_values, same_data);
+            RETURNING c.valid_from, c.deleted_at INTO immu_valid_from, immu_deleted_at;
+            immu_done := FOUND;
+            PERFORM pg_catalog.set_config('immu.writing', '', true);$t$,
+        projection, set_list, set_values, same_data, history::text);
     EXECUTE format($t$
 CREATE OR REPLACE FUNCTION %1$s() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $immu$
@@ -377,6 +380,9 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $immu
 DECLARE
     immu_stamp timestamptz;
     immu_latest record;
+    immu_done boolean;
+    immu_valid_from timestamptz;
+    immu_deleted_at timestamptz;
 BEGIN
     %4$s
     IF NEW.entity_id IS NULL THEN
@@ -394,13 +400,18 @@ BEGIN
                 USING ERRCODE = 'IMMU2', SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'deleted_at';
         END IF;
         NEW.valid_from := immu_stamp;
+        PERFORM pg_catalog.set_config('immu.writing', %10$L, true);
         INSERT INTO %3$s AS c (%5$s) VALUES (%6$s) ON CONFLICT (entity_id) DO NOTHING;
-        IF FOUND THEN
+        immu_done := FOUND;
+        PERFORM pg_catalog.set_config('immu.writing', '', true);
+        IF immu_done THEN
             RETURN NEW;
         END IF;
     ELSIF pg_catalog.current_setting('transaction_isolation') = 'read committed' THEN
         %7$s
-        IF FOUND THEN
+        IF immu_done THEN
+            NEW.valid_from := immu_valid_from;
+            NEW.deleted_at := immu_deleted_at;
             RETURN NEW;
         END IF;
     ELSE
@@ -413,7 +424,9 @@ BEGIN
                 USING ERRCODE = 'serialization_failure', SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME,
                       HINT = 'Roll the transaction back and retry it.';
         END;
-        IF FOUND THEN
+        IF immu_done THEN
+            NEW.valid_from := immu_valid_from;
+            NEW.deleted_at := immu_deleted_at;
             RETURN NEW;
         END IF;
     END IF;
@@ -441,7 +454,7 @@ BEGIN
     END IF;
 END
 $immu$;
-$t$, check_fn, history, projection, health, cols, new_values, update_sql, immu.release(), same_data);
+$t$, check_fn, history, projection, health, cols, new_values, update_sql, immu.release(), same_data, history::text);
 
     -- The lock-and-read function: the entity's write lock, then its latest version, read in a
     -- statement of its own (under READ COMMITTED it sees every earlier writer's commit).
@@ -624,15 +637,19 @@ $immu$;
 $t$, commit_proc, proc_params, write_fn, arg_list, into_list, immu.release());
 
     -- Triggers. The projection's refusal fires for every statement on it, except the statements
-    -- run by the history's trigger (at trigger depth 1 or more, as the table's owner). ENABLE ALWAYS:
+    -- run by the history's trigger: at trigger depth 1 or more, as the table's owner, with the
+    -- transaction-local setting immu.writing naming the history (set by that trigger around its
+    -- statement; anyone may set it, but only the owner's trigger passes the rest). ENABLE ALWAYS:
     -- they fire under session_replication_role = replica too.
     EXECUTE format('CREATE OR REPLACE TRIGGER immu_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION immu.refuse_change()', history);
     EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER immu_append_only', history);
     EXECUTE format('CREATE OR REPLACE TRIGGER immu_check_insert BEFORE INSERT ON %s FOR EACH ROW EXECUTE FUNCTION %s()', history, check_fn);
     EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER immu_check_insert', history);
     EXECUTE format($t$CREATE OR REPLACE TRIGGER immu_projection BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s
-        FOR EACH STATEMENT WHEN (pg_catalog.pg_trigger_depth() OPERATOR(pg_catalog.<) 1 OR CURRENT_USER OPERATOR(pg_catalog.<>) %L::name)
-        EXECUTE FUNCTION immu.refuse_projection_change(%L)$t$, projection, owner, history::text);
+        FOR EACH STATEMENT WHEN (pg_catalog.pg_trigger_depth() OPERATOR(pg_catalog.<) 1
+                                 OR CURRENT_USER OPERATOR(pg_catalog.<>) %L::name
+                                 OR pg_catalog.current_setting('immu.writing', true) IS DISTINCT FROM %L)
+        EXECUTE FUNCTION immu.refuse_projection_change(%L)$t$, projection, owner, history::text, history::text);
     EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER immu_projection', projection);
 
     -- Owner, privileges. The routines belong to the table's owner (the insert trigger runs as it);

@@ -12,6 +12,7 @@ mod queries;
 mod raw_sql;
 mod reads;
 mod schema;
+mod security;
 mod upgrade;
 mod writes;
 
@@ -27,6 +28,7 @@ fn main() -> std::process::ExitCode {
             queries::tests(),
             associations::tests(),
             upgrade::tests(),
+            security::tests(),
         ]
         .into_iter()
         .flatten()

@@ -8,6 +8,7 @@
 //! skipped); otherwise starts a throwaway server, and stops it before exiting.
 
 mod as_of;
+mod commit;
 mod concurrency;
 mod crash;
 mod faults;
@@ -131,6 +132,7 @@ fn main() -> ExitCode {
         "raw-sql-refusals" => refusals::raw_sql,
         "bad-input" => input::bad_input,
         "cancelled-writes" => faults::cancelled_writes,
+        "commit-time-cancels" => commit::commit_time_cancels,
     ];
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let scenarios: Vec<Scenario> = scenarios

@@ -1,0 +1,429 @@
+//! Attacks on history, as the application role (least privilege), as a role granted every
+//! privilege on every table, and as the tables' owner: each is refused with a typed, named error,
+//! and the history, the projection and as-of answers are unchanged afterwards.
+//!
+//! What the owner (or a superuser) can still do (disable triggers, rewrite a column's type) is the
+//! threat model of RELIABILITY.md; tamper evidence detects it.
+
+use chrono::{DateTime, Utc};
+use immu_core::{Error, Immutable};
+use immu_tests::harness::{Db, TestResult};
+use immu_tests::models::Account;
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+immu_tests::tests![
+    temp_tables_named_like_immus_tables_change_nothing,
+    objects_in_an_earlier_schema_change_nothing,
+    a_trigger_of_another_role_cannot_write_the_projection,
+    every_privilege_on_every_table_is_not_enough,
+    raw_inserts_follow_the_rules_of_the_write_path,
+    refusals_name_the_table_and_the_reason,
+    the_machinery_cannot_be_called_or_managed_by_the_application,
+];
+
+/// A role granted every privilege on every table of the schema (a common lazy setup).
+const LAZY: &str = "immu_test_lazy";
+
+/// What an attack must not change: every stored version, every projection row, and the current
+/// and as-of lists at `at`.
+#[derive(Debug, PartialEq)]
+struct State {
+    history: Vec<String>,
+    projection: Vec<String>,
+    current: Vec<(Uuid, i64, i64)>,
+    as_of: Vec<(Uuid, i64, i64)>,
+}
+
+async fn state(db: &Db, at: DateTime<Utc>) -> Result<State, Box<dyn std::error::Error + Send + Sync>> {
+    let rows = |table: &str| format!("SELECT t::text FROM {table} AS t ORDER BY entity_id, version");
+    let key = |v: &immu_core::Versioned<Account>| (v.entity_id, v.version, v.balance);
+    Ok(State {
+        history: sqlx::query_scalar(sqlx::AssertSqlSafe(rows("public.accounts")))
+            .fetch_all(&db.owner)
+            .await?,
+        projection: sqlx::query_scalar(sqlx::AssertSqlSafe(rows("public.accounts_current")))
+            .fetch_all(&db.owner)
+            .await?,
+        current: Account::query().fetch_all(&db.owner).await?.iter().map(key).collect(),
+        as_of: Account::query().as_of(at).fetch_all(&db.owner).await?.iter().map(key).collect(),
+    })
+}
+
+/// Three accounts with history (one deleted), and an instant in the middle of it.
+async fn setup(db: &Db) -> Result<(Vec<Uuid>, DateTime<Utc>), Box<dyn std::error::Error + Send + Sync>> {
+    let mut ids = Vec::new();
+    for (owner, balance) in [("ada", 10), ("bob", 20), ("cy", 30)] {
+        let v = Account::insert(&db.pool, Account::new(owner, balance)).await?;
+        Account::modify(&db.pool, v.entity_id, |a| a.balance += 1).await?;
+        ids.push(v.entity_id);
+    }
+    let at = immu_core::Snapshot::now(&db.pool).await?.instant();
+    for id in &ids {
+        Account::modify(&db.pool, *id, |a| a.balance += 100).await?;
+    }
+    Account::delete(&db.pool, ids[2]).await?;
+    Ok((ids, at))
+}
+
+/// Runs `sql` on `conn` and returns the error it must fail with, as immu types it.
+async fn refused(
+    conn: &mut PgConnection,
+    sql: &str,
+) -> Result<Error, Box<dyn std::error::Error + Send + Sync>> {
+    match sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut *conn).await {
+        Ok(_) => Err(format!("not refused: {sql}").into()),
+        Err(err) => Ok(Error::from(err)),
+    }
+}
+
+/// A connection acting as [`LAZY`], created with every privilege on every table of `public`.
+async fn lazy(db: &Db) -> sqlx::Result<PgConnection> {
+    let mut owner = db.connect_owner().await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DO $$ BEGIN CREATE ROLE {LAZY} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         GRANT USAGE ON SCHEMA public TO {LAZY};
+         GRANT ALL ON ALL TABLES IN SCHEMA public TO {LAZY};"
+    )))
+    .execute(&mut owner)
+    .await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET ROLE {LAZY}"))).execute(&mut owner).await?;
+    Ok(owner)
+}
+
+async fn temp_tables_named_like_immus_tables_change_nothing(db: Db) -> TestResult {
+    let (ids, at) = setup(&db).await?;
+    let before = state(&db, at).await?;
+    let mut app = db.connect().await?;
+    // A temp table named like the projection: a raw insert of a forged, backdated version 1 of an
+    // existing entity would pass a check that read it.
+    sqlx::raw_sql("CREATE TEMP TABLE accounts_current (LIKE public.accounts_current INCLUDING ALL)")
+        .execute(&mut app)
+        .await?;
+    let err = refused(
+        &mut app,
+        &format!(
+            "INSERT INTO public.accounts (id, entity_id, version, valid_from, owner, balance)
+             VALUES (gen_random_uuid(), '{}', 1, now() - interval '10 years', 'forged', 1000000)",
+            ids[0]
+        ),
+    )
+    .await?;
+    assert!(
+        matches!(&err, Error::InvalidHistory { table, message } if table == "accounts" && message.contains("skip or repeat")),
+        "{err:?}"
+    );
+    assert_eq!(state(&db, at).await?, before, "nothing changed");
+    // A temp table named like the history swallows nothing: immu's write reaches the real one.
+    sqlx::raw_sql("CREATE TEMP TABLE accounts (LIKE public.accounts INCLUDING ALL)")
+        .execute(&mut app)
+        .await?;
+    let written = Account::update(&mut app, ids[1], Account::new("bob", 7)).await?;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM public.accounts WHERE id = $1")
+        .bind(written.id)
+        .fetch_one(&db.owner)
+        .await?;
+    assert_eq!(stored, 1, "the acknowledged version is in the real history");
+    let shadow: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM pg_temp.accounts) + (SELECT count(*) FROM pg_temp.accounts_current)",
+    )
+    .fetch_one(&mut app)
+    .await?;
+    assert_eq!(shadow, 0, "the temp tables were never written");
+    assert_eq!(Account::find(&db.owner, ids[1]).await?.version, written.version);
+    let drift: i64 = sqlx::query_scalar("SELECT count(*) FROM immu.check_projection('public.accounts')")
+        .fetch_one(&db.owner)
+        .await?;
+    assert_eq!(drift, 0);
+    Ok(())
+}
+
+async fn objects_in_an_earlier_schema_change_nothing(db: Db) -> TestResult {
+    let (ids, at) = setup(&db).await?;
+    // A schema placed before pg_catalog on the path, with a fake clock, a fake lock, an operator
+    // that makes every version 1 again, a set_config that does nothing, and a fake projection.
+    sqlx::raw_sql(
+        "CREATE SCHEMA evil;
+         GRANT USAGE ON SCHEMA evil TO immu_test_app;
+         CREATE TABLE evil.accounts_current (LIKE public.accounts_current);
+         CREATE TABLE evil.accounts (LIKE public.accounts);
+         GRANT ALL ON evil.accounts_current, evil.accounts TO PUBLIC;
+         CREATE FUNCTION evil.clock_timestamp() RETURNS timestamptz LANGUAGE sql AS $$ SELECT '2000-01-01'::timestamptz $$;
+         CREATE FUNCTION evil.now() RETURNS timestamptz LANGUAGE sql AS $$ SELECT '2000-01-01'::timestamptz $$;
+         CREATE FUNCTION evil.pg_advisory_xact_lock(bigint) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+         CREATE FUNCTION evil.set_config(text, text, boolean) RETURNS text LANGUAGE sql AS $$ SELECT '' $$;
+         CREATE FUNCTION evil.current_setting(text, boolean) RETURNS text LANGUAGE sql AS $$ SELECT 'public.accounts' $$;
+         CREATE FUNCTION evil.one(bigint, integer) RETURNS bigint LANGUAGE sql AS $$ SELECT 1::bigint $$;
+         CREATE OPERATOR evil.+ (LEFTARG = bigint, RIGHTARG = integer, FUNCTION = evil.one);
+         CREATE FUNCTION evil.never(bigint, bigint) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
+         CREATE OPERATOR evil.<> (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = evil.never);",
+    )
+    .execute(&db.owner)
+    .await?;
+    let before = state(&db, at).await?;
+    for (who, mut conn) in [("application", db.connect().await?), ("owner", db.connect_owner().await?)] {
+        sqlx::raw_sql("SET search_path = evil, pg_catalog, public").execute(&mut conn).await?;
+        let v = Account::update(&mut conn, ids[0], Account::new("ada", 1)).await?;
+        let then = Account::find(&db.owner, ids[0]).await?;
+        assert_eq!((then.version, then.balance), (v.version, 1), "{who}");
+        assert!(then.valid_from > at, "{who}: stamped by the real clock: {}", then.valid_from);
+        assert_eq!(Account::delete(&mut conn, ids[0]).await?.version, v.version + 1, "{who}");
+        assert_eq!(Account::undelete(&mut conn, ids[0]).await?.version, v.version + 2, "{who}");
+        // A raw insert of a skipped version is still refused.
+        let err = refused(
+            &mut conn,
+            &format!(
+                "INSERT INTO public.accounts (id, entity_id, version, owner, balance) VALUES (gen_random_uuid(), '{}', 42, 'x', 0)",
+                ids[1]
+            ),
+        )
+        .await?;
+        assert!(matches!(err, Error::InvalidHistory { .. }), "{who}: {err:?}");
+    }
+    let evil: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM evil.accounts) + (SELECT count(*) FROM evil.accounts_current)",
+    )
+    .fetch_one(&db.owner)
+    .await?;
+    assert_eq!(evil, 0, "the shadowing tables were never written");
+    let after = state(&db, at).await?;
+    assert_eq!(after.as_of, before.as_of, "as-of answers before the writes are unchanged");
+    for row in &before.history {
+        assert!(after.history.contains(row), "stored version changed or gone: {row}");
+    }
+    let drift: i64 = sqlx::query_scalar("SELECT count(*) FROM immu.check_projection('public.accounts')")
+        .fetch_one(&db.owner)
+        .await?;
+    assert_eq!(drift, 0);
+    Ok(())
+}
+
+async fn a_trigger_of_another_role_cannot_write_the_projection(db: Db) -> TestResult {
+    let (ids, at) = setup(&db).await?;
+    let before = state(&db, at).await?;
+    let attacks = [
+        format!(
+            "UPDATE public.accounts_current SET version = 1, valid_from = '-infinity' WHERE entity_id = '{}'",
+            ids[0]
+        ),
+        "INSERT INTO public.accounts_current (id, entity_id, version, valid_from, owner, balance) \
+         VALUES (gen_random_uuid(), gen_random_uuid(), 1, now(), 'fake', 0)"
+            .to_owned(),
+        format!("DELETE FROM public.accounts_current WHERE entity_id = '{}'", ids[1]),
+    ];
+    // The lazy role may write the projection as far as privileges go, and the owner may write
+    // anything: from a trigger (at trigger depth 1, which a WHEN (pg_trigger_depth() < 1) guard
+    // would let through), the projection's refusal still fires.
+    for (who, mut conn) in [("lazy", lazy(&db).await?), ("owner", db.connect_owner().await?)] {
+        for (n, attack) in attacks.iter().enumerate() {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "CREATE TEMP TABLE t{n} (a int);
+                 CREATE FUNCTION pg_temp.attack{n}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {attack}; RETURN NEW; END $$;
+                 CREATE TRIGGER attack AFTER INSERT ON t{n} FOR EACH ROW EXECUTE FUNCTION pg_temp.attack{n}();
+                 CREATE TEMP VIEW v{n} AS SELECT 1 AS a;
+                 CREATE FUNCTION pg_temp.instead{n}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {attack}; RETURN NEW; END $$;
+                 CREATE TRIGGER attack INSTEAD OF INSERT ON v{n} FOR EACH ROW EXECUTE FUNCTION pg_temp.instead{n}();"
+            )))
+            .execute(&mut conn)
+            .await?;
+            for via in [format!("INSERT INTO t{n} VALUES (1)"), format!("INSERT INTO v{n} VALUES (1)")] {
+                let err = refused(&mut conn, &via).await?;
+                assert!(
+                    matches!(&err, Error::AppendOnly { table, .. } if table == "accounts_current"),
+                    "{who}: {attack} via {via}: {err:?}"
+                );
+            }
+            // Directly too, naturally.
+            let err = refused(&mut conn, attack).await?;
+            assert!(
+                matches!(&err, Error::AppendOnly { .. } | Error::PermissionDenied { .. }),
+                "{who}: {attack}: {err:?}"
+            );
+        }
+        // Setting the marker immu's trigger sets does not help either, outside its trigger.
+        sqlx::raw_sql("SELECT set_config('immu.writing', 'public.accounts', false)")
+            .execute(&mut conn)
+            .await?;
+        let err = refused(&mut conn, &attacks[0]).await?;
+        assert!(matches!(&err, Error::AppendOnly { .. }), "{who}: {err:?}");
+    }
+    assert_eq!(state(&db, at).await?, before, "nothing changed");
+    Ok(())
+}
+
+async fn every_privilege_on_every_table_is_not_enough(db: Db) -> TestResult {
+    let (ids, at) = setup(&db).await?;
+    let mut conn = lazy(&db).await?;
+    let before = state(&db, at).await?;
+    // With the TRIGGER privilege, a trigger of the lazy role on an immu table would run inside
+    // immu's trigger as the owner: immu refuses to write at all, and says what to revoke.
+    let err = Account::update(&mut conn, ids[0], Account::new("ada", 1)).await.unwrap_err();
+    match &err {
+        Error::UnsafeSetup { table, problems } => {
+            assert_eq!(table, "accounts");
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.contains("immu_test_lazy may create triggers on public.accounts_current")),
+                "{problems:?}"
+            );
+        }
+        other => panic!("expected UnsafeSetup, got {other:?}"),
+    }
+    assert!(err.to_string().contains("TRIGGER privilege"), "{err}");
+    let err = refused(
+        &mut conn,
+        &format!("INSERT INTO accounts (id, entity_id, version, owner, balance) SELECT gen_random_uuid(), '{}', 4, 'raw', 0", ids[0]),
+    )
+    .await?;
+    assert!(matches!(err, Error::UnsafeSetup { .. }), "{err:?}");
+    for (sql, table) in [
+        ("UPDATE accounts SET balance = 0", "accounts"),
+        ("DELETE FROM accounts", "accounts"),
+        ("TRUNCATE accounts CASCADE", "accounts"),
+        ("UPDATE accounts_current SET balance = 0", "accounts_current"),
+        ("DELETE FROM accounts_current", "accounts_current"),
+        ("TRUNCATE accounts_current CASCADE", "accounts_current"),
+        (
+            "MERGE INTO accounts_current c USING accounts h ON h.entity_id = c.entity_id WHEN MATCHED THEN UPDATE SET balance = 0",
+            "accounts_current",
+        ),
+    ] {
+        let err = refused(&mut conn, sql).await?;
+        assert!(matches!(&err, Error::AppendOnly { table: t, .. } if t == table), "{sql}: {err:?}");
+    }
+    assert_eq!(state(&db, at).await?, before, "nothing changed");
+    // The owner's sync revokes the dangerous privileges again; writes go on.
+    sqlx::raw_sql("SELECT immu.sync_versioning('accounts')").execute(&db.owner).await?;
+    let v = Account::update(&mut conn, ids[0], Account::new("ada", 1)).await?;
+    assert_eq!(v.version, 4);
+    let trigger: bool =
+        sqlx::query_scalar("SELECT has_table_privilege('immu_test_lazy', 'accounts_current', 'TRIGGER')")
+            .fetch_one(&db.owner)
+            .await?;
+    assert!(!trigger);
+    Ok(())
+}
+
+async fn raw_inserts_follow_the_rules_of_the_write_path(db: Db) -> TestResult {
+    let (ids, at) = setup(&db).await?;
+    let before = state(&db, at).await?;
+    let (live, deleted) = (ids[0], ids[2]);
+    for (who, mut conn) in [("application", db.connect().await?), ("owner", db.connect_owner().await?)] {
+        let insert = |entity: Uuid, version: &str, tombstone: bool, owner: &str, balance: i64| {
+            format!(
+                "INSERT INTO accounts (id, entity_id, version, deleted_at, owner, balance) \
+                 VALUES (gen_random_uuid(), '{entity}', {version}, {}, '{owner}', {balance})",
+                if tombstone { "now()" } else { "NULL" }
+            )
+        };
+        for (what, sql, reason) in [
+            ("a tombstone as version 1", insert(Uuid::now_v7(), "1", true, "x", 0), "is a tombstone"),
+            ("an update of a deleted entity", insert(deleted, "5", false, "cy", 999), "is deleted"),
+            ("a tombstone after a tombstone", insert(deleted, "5", true, "cy", 131), "already deleted"),
+            ("a tombstone with other data", insert(live, "4", true, "ada", 0), "must carry the data"),
+            ("a repeated version", insert(live, "3", false, "ada", 5), "skip or repeat"),
+            ("a skipped version", insert(live, "5", false, "ada", 5), "skip or repeat"),
+            ("a NULL version", insert(live, "NULL", false, "ada", 5), "version check"),
+            ("a first version of an existing entity", insert(live, "1", false, "ada", 5), "skip or repeat"),
+        ] {
+            let err = refused(&mut conn, &sql).await?;
+            assert!(
+                matches!(&err, Error::InvalidHistory { table, message } if table == "accounts" && message.contains(reason)),
+                "{who}: {what}: {err:?}"
+            );
+        }
+    }
+    assert_eq!(state(&db, at).await?, before, "nothing changed");
+    // An undelete by hand must carry the tombstone's data, and is then accepted.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO accounts (id, entity_id, version, owner, balance) VALUES (gen_random_uuid(), '{deleted}', 5, 'cy', 131)"
+    )))
+    .execute(&db.pool)
+    .await?;
+    assert_eq!(Account::find(&db.pool, deleted).await?.version, 5);
+    Ok(())
+}
+
+async fn refusals_name_the_table_and_the_reason(db: Db) -> TestResult {
+    let (ids, _) = setup(&db).await?;
+    // A NULL in one of the entity's columns is reported against the history table.
+    let err = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO accounts (id, entity_id, version, owner, balance) VALUES (gen_random_uuid(), '{}', 4, NULL, 0)",
+        ids[0]
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap_err();
+    let db_err = err.as_database_error().expect("a database error");
+    assert_eq!((db_err.code().as_deref(), db_err.table()), (Some("23502"), Some("accounts")), "{err}");
+    // A NULL entity_id too.
+    let err = sqlx::raw_sql("INSERT INTO accounts (id, entity_id, version, owner, balance) VALUES (gen_random_uuid(), NULL, 1, 'x', 0)")
+        .execute(&db.pool)
+        .await
+        .unwrap_err();
+    let db_err = err.as_database_error().expect("a database error");
+    assert_eq!((db_err.code().as_deref(), db_err.table()), (Some("23502"), Some("accounts")), "{err}");
+    // A REPEATABLE READ transaction whose snapshot predates another writer's version: the insert
+    // says its snapshot is stale (SQLSTATE 40001, so retry logic retries it).
+    let mut stale = db.connect().await?;
+    let mut tx = stale.begin().await?;
+    sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
+    let seen: i64 = sqlx::query_scalar("SELECT version FROM accounts_current WHERE entity_id = $1")
+        .bind(ids[0])
+        .fetch_one(&mut *tx)
+        .await?;
+    Account::modify(&db.pool, ids[0], |a| a.balance += 1).await?;
+    let err = sqlx::query(
+        "INSERT INTO accounts (id, entity_id, version, owner, balance) VALUES ($1, $2, $3, 'late', 0)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(ids[0])
+    .bind(seen + 1)
+    .execute(&mut *tx)
+    .await
+    .unwrap_err();
+    let db_err = err.as_database_error().expect("a database error");
+    assert_eq!(db_err.code().as_deref(), Some("40001"), "{err}");
+    assert!(db_err.message().contains("stale snapshot"), "{err}");
+    assert_eq!(db_err.table(), Some("accounts"));
+    tx.rollback().await?;
+    Ok(())
+}
+
+async fn the_machinery_cannot_be_called_or_managed_by_the_application(db: Db) -> TestResult {
+    let (ids, at) = setup(&db).await?;
+    let before = state(&db, at).await?;
+    let mut app = db.connect().await?;
+    for (sql, expect) in [
+        // The SECURITY DEFINER trigger function runs only as a trigger.
+        ("SELECT public.accounts_immu_check()", "trigger functions can only be called as triggers"),
+        ("SELECT immu.sync_versioning('accounts')", "must be the owner"),
+        ("SELECT immu.rebuild_projection('accounts')", "must be the owner"),
+        ("SELECT immu.add_versioning('accounts')", "must be the owner"),
+        ("SELECT immu.upgrade()", ""),
+        ("DELETE FROM immu.versioned_tables", ""),
+        ("UPDATE immu.versioned_tables SET release = 0", ""),
+    ] {
+        let result = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut app).await;
+        if let Err(err) = result {
+            assert!(err.to_string().contains(expect), "{sql}: {err}");
+        }
+    }
+    // (An upgrade by the application does nothing, and the catalog rows it may not write are
+    // invisible to its UPDATE and DELETE: row-level security.)
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM immu.versioned_tables WHERE release = 2")
+        .fetch_one(&db.owner)
+        .await?;
+    assert_eq!(rows, 4);
+    // The write function with odd arguments: unknown kinds and columns are refused.
+    for sql in [
+        format!("SELECT * FROM accounts_immu_write(immu_kind => 'truncate', immu_id => gen_random_uuid(), immu_entity_id => '{}')", ids[0]),
+        "SELECT * FROM accounts_immu_write(immu_kind => 'insert', immu_id => gen_random_uuid(), immu_entity_id => gen_random_uuid(), immu_columns => '{owner,version}', owner => 'x')".to_owned(),
+    ] {
+        let err = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone())).execute(&mut app).await.unwrap_err();
+        assert!(err.as_database_error().is_some(), "{sql}: {err}");
+    }
+    assert_eq!(state(&db, at).await?, before, "nothing changed");
+    Ok(())
+}
