@@ -467,11 +467,12 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $immu$
 -- Takes the write lock of entity immu_entity (the advisory lock whose key immu_core::lock_key
 -- computes) and returns its latest version, read after the lock.
 BEGIN
+    %4$s
     PERFORM pg_catalog.pg_advisory_xact_lock(immu_lock);
     RETURN QUERY SELECT c.* FROM %2$s AS c WHERE c.entity_id = immu_entity;
 END
 $immu$;
-$t$, latest_fn, projection, immu.release());
+$t$, latest_fn, projection, immu.release(), health);
 
     -- The write function: insert, update, delete or undelete in one call, with the caller's rights
     -- (the application needs INSERT on the history). Each own column is a parameter of the same name,
@@ -934,6 +935,45 @@ BEGIN
         (SELECT string_agg(format('(%L, ROW(p.%I)::record OPERATOR(pg_catalog.*=) ROW(h.%I::%s)::record)', c.name, c.name, c.name, c.projection_type), ', ' ORDER BY c.attnum)
          FROM immu.columns_of(history) c),
         (SELECT string_agg(format('h.%I::%s', c.name, c.projection_type), ', ' ORDER BY c.attnum) FROM immu.columns_of(history) c));
+END
+$fn$;
+
+-- The versions of `history` that break its rules, with what is wrong: versions not numbered 1, 2,
+-- 3, ... per entity, valid_from going back, a tombstone not stamped at its valid_from, a tombstone
+-- as version 1 or after a tombstone, a tombstone whose data differs from the version it deletes,
+-- a live version after a tombstone whose data differs from the tombstone's (an update of a deleted
+-- entity). No row: the history is sound. Reads the whole table.
+CREATE FUNCTION immu.check_history(history regclass) RETURNS TABLE (entity_id uuid, version bigint, problem text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    own text;
+BEGIN
+    SELECT coalesce(string_agg(format('%%1$s.%I', c.name), ', ' ORDER BY c.attnum), '')
+      INTO own FROM immu.columns_of(history) c
+     WHERE c.name NOT IN (SELECT r.name FROM immu.reserved_columns() r) AND c.name NOT LIKE 'immu\_%';
+    RETURN QUERY EXECUTE format($q$
+        SELECT h.entity_id, h.version,
+               CASE WHEN h.copies > 1 THEN 'version ' || h.version || ' is stored ' || h.copies || ' times'
+                    WHEN h.version > 1 AND p.version IS NULL THEN 'version ' || h.version || ' follows no version ' || (h.version - 1)
+                    WHEN h.version < 1 THEN 'version numbers start at 1'
+                    WHEN h.valid_from < p.valid_from THEN 'valid from ' || h.valid_from || ', before version ' || p.version || ' (' || p.valid_from || ')'
+                    WHEN h.deleted_at IS DISTINCT FROM h.valid_from AND h.deleted_at IS NOT NULL THEN 'a tombstone not stamped at its valid_from'
+                    WHEN h.version = 1 AND h.deleted_at IS NOT NULL THEN 'version 1 is a tombstone'
+                    WHEN p.deleted_at IS NOT NULL AND h.deleted_at IS NOT NULL THEN 'a tombstone after a tombstone'
+                    WHEN p.deleted_at IS NULL AND h.deleted_at IS NOT NULL AND NOT %2$s THEN 'a tombstone whose data differs from the version it deletes'
+                    WHEN p.deleted_at IS NOT NULL AND h.deleted_at IS NULL AND NOT %2$s THEN 'the version after a tombstone does not carry its data'
+               END
+        FROM (SELECT x.*, count(*) OVER (PARTITION BY x.entity_id, x.version) AS copies FROM ONLY %1$s AS x) AS h
+        LEFT JOIN LATERAL (SELECT y.* FROM ONLY %1$s AS y
+                           WHERE y.entity_id = h.entity_id AND y.version = h.version - 1 LIMIT 1) AS p ON true
+        WHERE h.copies > 1 OR (h.version > 1 AND p.version IS NULL) OR h.version < 1 OR h.valid_from < p.valid_from
+           OR (h.deleted_at IS NOT NULL AND (h.deleted_at IS DISTINCT FROM h.valid_from OR h.version = 1 OR p.deleted_at IS NOT NULL))
+           OR (p.deleted_at IS NULL AND h.deleted_at IS NOT NULL AND NOT %2$s)
+           OR (p.deleted_at IS NOT NULL AND h.deleted_at IS NULL AND NOT %2$s)
+        ORDER BY h.entity_id, h.version$q$,
+        history,
+        CASE WHEN own = '' THEN 'true'
+             ELSE format('(ROW(%s)::record OPERATOR(pg_catalog.*=) ROW(%s)::record)', format(own, 'h'), format(own, 'p')) END);
 END
 $fn$;
 

@@ -52,6 +52,8 @@ impl<T: ColumnType> ColumnType for Option<T> {
     const NULLABLE: bool = true;
 }
 
+use std::future::Future;
+
 use sqlx::{Acquire, Postgres};
 
 use crate::{Error, Immutable, Result, TableDef};
@@ -303,14 +305,29 @@ impl std::fmt::Display for Difference {
 /// immu_core::schema::check::<Account>(&pool).await?;
 /// # Ok(()) }
 /// ```
-pub async fn check<'c, T: Immutable>(db: impl Acquire<'c, Database = Postgres>) -> Result<()> {
-    check_for(&T::TABLE, db).await
+pub fn check<'c, T: Immutable>(
+    db: impl Acquire<'c, Database = Postgres> + Send + 'c,
+) -> impl Future<Output = Result<()>> + Send + 'c {
+    check_for(&T::TABLE, db)
 }
 
 /// [`check`] for a table description.
-pub async fn check_for<'c>(table: &TableDef, db: impl Acquire<'c, Database = Postgres>) -> Result<()> {
-    validate_table(table)?;
-    let mut conn = db.acquire().await?;
+// Not an `async fn`: the future is declared `Send`, which callers in generic code need (an
+// `async fn` leaves it to inference, which fails there: rust-lang/rust#100013).
+#[allow(clippy::manual_async_fn)]
+pub fn check_for<'c>(
+    table: &'static TableDef,
+    db: impl Acquire<'c, Database = Postgres> + Send + 'c,
+) -> impl Future<Output = Result<()>> + Send + 'c {
+    async move {
+        validate_table(table)?;
+        let mut conn = db.acquire().await?;
+        check_on(table, &mut conn).await
+    }
+}
+
+/// [`check_for`] on a connection.
+async fn check_on(table: &TableDef, conn: &mut sqlx::PgConnection) -> Result<()> {
     let mut differences = Vec::new();
     let name = quote(table.name);
     let (exists, schema, machinery): (bool, bool, bool) = sqlx::query_as(

@@ -48,7 +48,7 @@ pub struct Sql {
     /// The version of entity `$1` whose version row id is `$2`, if stored.
     pub(crate) by_id: String,
     /// Takes the write lock of entity `$1` (key `$2`) and returns its latest version, read after the
-    /// lock (the table's `<table>_immu_latest` function). Columns: reserved then own.
+    /// lock (the table's `<table>_immu_latest` function). Every column of the projection, by name.
     pub(crate) lock_latest: String,
     /// Entities `$1` (uuid[]) each as of its instant in `$2` (timestamptz[]). Columns: the
     /// 1-based position in the arrays, then all columns.
@@ -87,7 +87,9 @@ impl WriteKind {
     }
 }
 
-/// One write, as the two statements that run it. Both bind the same parameters: `$1` the new
+/// One write, as the two statements that run it. Both return every column of the table, by name
+/// (not a list of the struct's columns, which a change of the table could break before the
+/// routine's own check says what changed). Both bind the same parameters: `$1` the new
 /// version row's id, `$2` the entity, `$3` the expected current version (NULL: any), `$4` the
 /// entity's lock key, `$5` the names of the columns the entity sets (text[]), `$6` the entity's
 /// shape, then, for inserts and updates, the entity's own columns in [`TableDef::columns`] order,
@@ -98,11 +100,9 @@ impl WriteKind {
 /// expected version), or nothing (all NULL, for the procedure) when the entity does not exist.
 #[derive(Debug)]
 pub(crate) struct Write {
-    /// `SELECT <columns> FROM "<table>_immu_write"(...)`: inside a caller's transaction. Columns:
-    /// reserved then own.
+    /// `SELECT * FROM "<table>_immu_write"(...)`: inside a caller's transaction.
     pub(crate) statement: String,
-    /// `CALL "<table>_immu_commit"(...)`: writes and commits, outside any transaction. Its row
-    /// holds every column of the table, by name.
+    /// `CALL "<table>_immu_commit"(...)`: writes and commits, outside any transaction.
     pub(crate) call: String,
 }
 
@@ -127,11 +127,7 @@ impl Sql {
             .order_by(VALID_FROM, Order::Asc)
             .order_by(VERSION, Order::Asc);
 
-        let lock_latest = format!(
-            "SELECT {} FROM {}($1, $2)",
-            all().map(quote).collect::<Vec<_>>().join(", "),
-            quote(&routine_name(table.name, "latest"))
-        );
+        let lock_latest = format!("SELECT * FROM {}($1, $2)", quote(&routine_name(table.name, "latest")));
         let by_id = format!(
             "SELECT {} FROM {} WHERE {} = $1 AND {} = $2",
             all().map(quote).collect::<Vec<_>>().join(", "),
@@ -184,10 +180,9 @@ fn write(table: &TableDef, kind: WriteKind) -> Write {
         arguments.extend(data.iter().cloned());
         arguments.join(", ")
     };
-    let columns = all_columns(table).map(quote).collect::<Vec<_>>().join(", ");
     Write {
         statement: format!(
-            "SELECT {columns} FROM {}({})",
+            "SELECT * FROM {}({})",
             quote(&routine_name(table.name, "write")),
             arguments([
                 "immu_id",

@@ -82,14 +82,37 @@ where
     F: FnOnce(&mut T) -> std::result::Result<(), E> + Send,
     E: From<Error>,
 {
-    let mut tx = db.begin().await.map_err(Error::from)?;
-    let latest = sqlx::query(T::__sql().lock_latest.as_str())
-        .bind(entity_id)
-        .bind(lock_key(T::TABLE.name, entity_id))
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| write_error::<T>(e, entity_id, Intent::Update { expected: None }))?;
-    let current = crate::read::live::<T>(latest, entity_id)?;
+    let mut conn = db.acquire().await.map_err(Error::from)?;
+    let key = lock_key(T::TABLE.name, entity_id);
+    let lock_latest = T::__sql().lock_latest.as_str();
+    let mut tx = Connection::begin(&mut *conn).await.map_err(Error::from)?;
+    let latest = match sqlx::query(lock_latest).bind(entity_id).bind(key).fetch_optional(&mut *tx).await {
+        // The table changed since this connection prepared the statement: again, freshly prepared.
+        Err(err) if stale_statement(&err) => {
+            tx.rollback().await.map_err(Error::from)?;
+            conn.clear_cached_statements().await.map_err(Error::from)?;
+            tx = Connection::begin(&mut *conn).await.map_err(Error::from)?;
+            sqlx::query(lock_latest).bind(entity_id).bind(key).fetch_optional(&mut *tx).await
+        }
+        other => other,
+    };
+    let latest = match latest {
+        Ok(row) => row,
+        Err(err) => {
+            let err = write_error::<T>(err, entity_id, Intent::Update { expected: None });
+            drop(tx);
+            return Err(diagnose::<T>(&mut conn, err).await.into());
+        }
+    };
+    let current = match latest {
+        None => Err(Error::NotFound { table: T::TABLE.name, entity_id, version: None }),
+        Some(row) => Ok(Versioned::<T>::decode_named(&row).map_err(Error::from)?),
+    }?;
+    if let Some(deleted_at) = current.deleted_at {
+        return Err(
+            Error::Deleted { table: T::TABLE.name, entity_id, version: current.version, deleted_at }.into()
+        );
+    }
     let mut value = current.data;
     f(&mut value)?;
     let target = Target::new::<T>(entity_id, Intent::Update { expected: Some(current.version) });
@@ -98,8 +121,7 @@ where
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| write_error::<T>(e, entity_id, target.intent))?;
-    let appended =
-        written::<T>(Written::decode(row.as_ref(), Layout::Positional).map_err(Error::from)?, &target)?;
+    let appended = written::<T>(Written::decode(row.as_ref()).map_err(Error::from)?, &target)?;
     if let Err(err) = tx.commit().await {
         return Err(commit_error::<T>(err, &target).into());
     }
@@ -191,35 +213,17 @@ enum Written<T> {
     Missing,
 }
 
-/// How a write routine's row lays out its columns.
-#[derive(Clone, Copy)]
-enum Layout {
-    /// The write function's: reserved, then own, in order.
-    Positional,
-    /// The procedure's: every column of the table, by name.
-    Named,
-}
-
 impl<T: Immutable> Written<T> {
-    fn decode(row: Option<&PgRow>, layout: Layout) -> sqlx::Result<Written<T>> {
+    /// Decodes a routine's row: every column of the table, by name.
+    fn decode(row: Option<&PgRow>) -> sqlx::Result<Written<T>> {
         use crate::sql::{DELETED_AT, ENTITY_ID, ID, VERSION};
         let Some(row) = row else { return Ok(Written::Missing) };
-        let (id, entity, version, deleted_at): (
-            Option<Uuid>,
-            Option<Uuid>,
-            Option<i64>,
-            Option<DateTime<Utc>>,
-        ) = match layout {
-            Layout::Positional => (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(4)?),
-            Layout::Named => {
-                (row.try_get(ID)?, row.try_get(ENTITY_ID)?, row.try_get(VERSION)?, row.try_get(DELETED_AT)?)
-            }
-        };
+        let id: Option<Uuid> = row.try_get(ID)?;
+        let entity: Option<Uuid> = row.try_get(ENTITY_ID)?;
+        let version: Option<i64> = row.try_get(VERSION)?;
+        let deleted_at: Option<DateTime<Utc>> = row.try_get(DELETED_AT)?;
         Ok(match (id, entity, version) {
-            (Some(_), ..) => Written::Stored(match layout {
-                Layout::Positional => Versioned::decode(row)?,
-                Layout::Named => Versioned::decode_named(row)?,
-            }),
+            (Some(_), ..) => Written::Stored(Versioned::decode_named(row)?),
             (None, Some(_), Some(version)) => Written::Refused { version, deleted_at },
             _ => Written::Missing,
         })
@@ -234,21 +238,18 @@ async fn write<T: Immutable>(
     value: Option<&T>,
 ) -> Result<Versioned<T>> {
     let sql = T::__sql().write(kind);
-    match run_write::<T>(conn, &sql.statement, &sql.call, target, || target.args(value)).await {
-        Ok(outcome) => written(outcome, target),
-        // The routine does not exist: say so plainly when the table does not either.
-        Err(Error::MachineryMismatch { table, message }) => {
-            let missing: bool = sqlx::query_scalar("SELECT pg_catalog.to_regclass($1) IS NULL")
-                .bind(crate::sql::quote(table))
-                .fetch_one(&mut *conn)
-                .await?;
-            Err(if missing {
-                Error::MissingTable { table: table.to_owned() }
-            } else {
-                Error::MachineryMismatch { table, message }
-            })
+    let outcome = match run_write::<T>(conn, &sql.statement, &sql.call, target, || target.args(value)).await {
+        // The table changed since this connection prepared the statement (its result columns
+        // differ): PostgreSQL refused it before running anything. Again, freshly prepared.
+        Err(Error::Database(err)) if stale_statement(&err) => {
+            conn.clear_cached_statements().await?;
+            run_write::<T>(conn, &sql.statement, &sql.call, target, || target.args(value)).await
         }
-        Err(err) => Err(err),
+        other => other,
+    };
+    match outcome {
+        Ok(outcome) => written(outcome, target),
+        Err(err) => Err(diagnose::<T>(conn, err).await),
     }
 }
 
@@ -287,7 +288,7 @@ async fn run_write<T: Immutable>(
         let mut tx = Connection::begin(&mut *conn).await?;
         let row = sqlx::query_with(statement, args()?).fetch_optional(&mut *tx).await.map_err(fail)?;
         tx.commit().await?;
-        return Ok(Written::decode(row.as_ref(), Layout::Positional)?);
+        return Ok(Written::decode(row.as_ref())?);
     }
     let outcome = match sqlx::query_with(call, args()?).fetch_one(&mut *conn).await {
         Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("2D000") => {
@@ -302,7 +303,7 @@ async fn run_write<T: Immutable>(
     };
     match outcome {
         // (A missing entity leaves every column NULL.)
-        Ok(row) => Ok(Written::decode(Some(&row), Layout::Named)?),
+        Ok(row) => Ok(Written::decode(Some(&row))?),
         Err(err) if may_have_committed(&err) => match stored_by_id::<T>(conn, target).await {
             Ok(Some(stored)) => {
                 tracing::warn!(id = %target.id, error = %err, "the write's CALL failed after it committed: the version is stored");
@@ -312,6 +313,60 @@ async fn run_write<T: Immutable>(
             Ok(None) | Err(_) => Err(unknown(target, err)),
         },
         Err(err) => Err(fail(err)),
+    }
+}
+
+/// Whether `err` is PostgreSQL's refusal of a prepared statement whose result columns changed
+/// since it was prepared (an `ALTER TABLE` ran in between; SQLSTATE 0A000). Nothing ran.
+fn stale_statement(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("0A000")
+        && db.message().contains("cached plan must not change result type"))
+}
+
+/// Explains a write that failed because the table does not match what immu expects (its routine
+/// does not exist with these arguments, a column is missing): the table does not exist
+/// ([`Error::MissingTable`]), or [`immu.check_table`] names the differences
+/// ([`Error::SchemaDrift`]). Other errors pass through.
+async fn diagnose<T: Immutable>(conn: &mut PgConnection, err: Error) -> Error {
+    let mismatch = match &err {
+        Error::MachineryMismatch { .. } => true,
+        Error::Database(sqlx::Error::Database(db)) => db.code().as_deref() == Some("42703"),
+        _ => false,
+    };
+    if !mismatch {
+        return err;
+    }
+    let table = T::TABLE.name;
+    let found: sqlx::Result<(bool, Vec<(String, String)>)> = async {
+        let name = crate::sql::quote(table);
+        let exists: bool = sqlx::query_scalar("SELECT pg_catalog.to_regclass($1) IS NOT NULL")
+            .bind(&name)
+            .fetch_one(&mut *conn)
+            .await?;
+        if !exists {
+            return Ok((false, Vec::new()));
+        }
+        let checkable: bool =
+            sqlx::query_scalar("SELECT pg_catalog.to_regprocedure('immu.check_table(regclass)') IS NOT NULL")
+                .fetch_one(&mut *conn)
+                .await?;
+        if !checkable {
+            return Ok((true, Vec::new()));
+        }
+        let problems = sqlx::query_as("SELECT problem, fix FROM immu.check_table($1::regclass)")
+            .bind(&name)
+            .fetch_all(&mut *conn)
+            .await?;
+        Ok((true, problems))
+    }
+    .await;
+    match found {
+        Ok((false, _)) => Error::MissingTable { table: table.to_owned() },
+        Ok((true, problems)) if !problems.is_empty() => Error::SchemaDrift {
+            table: table.to_owned(),
+            differences: problems.into_iter().map(|(d, f)| crate::schema::Difference::new(d, f)).collect(),
+        },
+        _ => err,
     }
 }
 

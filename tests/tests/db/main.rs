@@ -8,6 +8,8 @@
 mod associations;
 mod concurrency;
 mod demo;
+mod drift;
+mod evolution;
 mod queries;
 mod raw_sql;
 mod reads;
@@ -29,6 +31,8 @@ fn main() -> std::process::ExitCode {
             associations::tests(),
             upgrade::tests(),
             security::tests(),
+            evolution::tests(),
+            drift::tests(),
         ]
         .into_iter()
         .flatten()
