@@ -28,6 +28,13 @@ pub struct TableDef {
     pub rust_name: &'static str,
     /// The entity's own columns, in struct field order.
     pub columns: &'static [ColumnDef],
+    /// The shape of the entity the type writes (`#[immu(shape = N)]`, 1 by default): recorded
+    /// with every version it writes, in the `immu_shape` column.
+    pub shape: i32,
+    /// The entity of the same table that reads versions written by older shapes
+    /// (`#[immu(upcast = Type)]`): reads also select its columns, and decode such a version as
+    /// that type, then convert it (`From`).
+    pub upcast: Option<&'static TableDef>,
 }
 
 /// One of the entity's own columns.
@@ -52,26 +59,52 @@ pub struct ColumnDef {
 /// Where an entity's own columns are in a row, for the code the derive generates. Not a public API.
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy)]
-pub enum RowLayout<'a> {
-    /// At consecutive indices from the given one, in [`TableDef::columns`] order.
+pub enum RowLayout {
+    /// At consecutive indices from the given one, in [`TableDef::columns`] order (then the rest
+    /// of the table's data columns: `immu_shape` and older shapes' columns, for an upcasting entity).
     At(usize),
     /// By name: the row names every column of the table.
     Named,
-    /// Own column `i` at index `map[i]`.
-    Map(&'a [usize]),
+    /// The data columns of the given (newer) entity start at the given index: an older shape's
+    /// columns, read in a row laid out for a newer one.
+    Within(usize, &'static TableDef),
 }
 
-impl RowLayout<'_> {
+impl RowLayout {
     /// The index in `row` of own column `i`, named `name`.
     pub fn index(self, row: &PgRow, i: usize, name: &str) -> std::result::Result<usize, sqlx::Error> {
         use sqlx::{Column, Row};
         match self {
             RowLayout::At(first) => Ok(first + i),
             RowLayout::Named => row.try_column(name).map(|c| c.ordinal()),
-            RowLayout::Map(map) => {
-                map.get(i).copied().ok_or_else(|| sqlx::Error::ColumnNotFound(name.to_owned()))
-            }
+            RowLayout::Within(first, table) => crate::sql::data_columns(table)
+                .position(|c| c == name)
+                .map(|at| first + at)
+                .ok_or_else(|| sqlx::Error::ColumnNotFound(name.to_owned())),
         }
+    }
+}
+
+/// For the code the derive generates for `#[immu(upcast = S)]` on `T`: the version in `row` as
+/// `S`, when an older shape than `T`'s wrote it; `None` when `T` reads it itself (its own shape or
+/// a later one, or none recorded: a raw insert). Not a public API.
+#[doc(hidden)]
+pub fn upcast<T: Immutable, S: Immutable>(
+    row: &PgRow,
+    layout: RowLayout,
+) -> std::result::Result<Option<S>, sqlx::Error> {
+    use sqlx::Row;
+    let (shape_at, older) = match layout {
+        // The shape follows T's own columns.
+        RowLayout::At(first) => (first + T::TABLE.columns.len(), RowLayout::Within(first, &T::TABLE)),
+        RowLayout::Within(..) | RowLayout::Named => {
+            (layout.index(row, usize::MAX, crate::sql::SHAPE)?, layout)
+        }
+    };
+    let shape: Option<i32> = row.try_get(shape_at)?;
+    match shape {
+        Some(shape) if shape < T::TABLE.shape => Ok(Some(S::__decode(row, older)?)),
+        _ => Ok(None),
     }
 }
 
@@ -133,14 +166,9 @@ pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
     /// The entity's cached SQL statements (built once per type).
     fn __sql() -> &'static crate::sql::Sql;
 
-    /// The shape of the entity this type writes: recorded with every version it writes (the
-    /// `immu_shape` column), so that versions written by an older shape can be told apart and
-    /// converted when read. 1 unless `#[immu(shape = N)]` says otherwise.
-    const SHAPE: i32 = 1;
-
     #[doc(hidden)]
     /// Decodes the entity's own columns from `row`, found where `columns` says.
-    fn __decode(row: &PgRow, columns: crate::RowLayout<'_>) -> std::result::Result<Self, sqlx::Error>;
+    fn __decode(row: &PgRow, columns: crate::RowLayout) -> std::result::Result<Self, sqlx::Error>;
 
     #[doc(hidden)]
     /// Encodes the entity's own columns, in [`TableDef::columns`] order, as bind arguments.

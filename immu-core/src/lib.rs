@@ -134,6 +134,24 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 #[doc(hidden)]
 pub mod __private {
     pub use crate::RowLayout;
+    pub use crate::entity::upcast;
+
+    /// Whether two strings are equal, in a constant: the derive's check that an upcast source
+    /// is an entity of the same table.
+    pub const fn same_str(a: &str, b: &str) -> bool {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
     pub use crate::sql::Sql;
     pub use sqlx;
     pub use sqlx::error::BoxDynError;

@@ -16,6 +16,8 @@ pub(crate) const ENTITY_ID: &str = "entity_id";
 pub(crate) const VERSION: &str = "version";
 pub(crate) const VALID_FROM: &str = "valid_from";
 pub(crate) const DELETED_AT: &str = "deleted_at";
+/// The column recording which shape of the entity wrote a version.
+pub(crate) const SHAPE: &str = "immu_shape";
 
 /// `at`, moved into PostgreSQL's timestamp range: an instant before its earliest timestamp
 /// (4714-11-24 BC) reads like that earliest one, when no version can exist yet. (chrono's latest
@@ -218,9 +220,28 @@ pub(crate) fn current_table_name(table: &str) -> String {
     format!("{table}_current")
 }
 
-/// Every column of the table: the reserved ones, then the entity's own.
+/// Every column reads of the table select: the reserved ones, then [`data_columns`].
 pub(crate) fn all_columns(table: &TableDef) -> impl Iterator<Item = &'static str> + Clone + '_ {
-    RESERVED_COLUMNS.into_iter().chain(table.columns.iter().map(|c| c.name))
+    RESERVED_COLUMNS.into_iter().chain(data_columns(table))
+}
+
+/// The entity's own columns; then, for an entity that upcasts older shapes, `immu_shape` and the
+/// columns of those shapes that it does not have itself (each once, in the order of the chain).
+pub(crate) fn data_columns(table: &TableDef) -> std::vec::IntoIter<&'static str> {
+    let mut columns: Vec<&'static str> = table.columns.iter().map(|c| c.name).collect();
+    if table.upcast.is_some() {
+        columns.push(SHAPE);
+    }
+    let mut source = table.upcast;
+    while let Some(older) = source {
+        for column in older.columns {
+            if !columns.contains(&column.name) {
+                columns.push(column.name);
+            }
+        }
+        source = older.upcast;
+    }
+    columns.into_iter()
 }
 
 #[cfg(test)]
@@ -231,6 +252,8 @@ mod tests {
     pub(crate) const ACCOUNTS: TableDef = TableDef {
         name: "accounts",
         rust_name: "Account",
+        shape: 1,
+        upcast: None,
         columns: &[
             ColumnDef {
                 name: "owner",

@@ -189,7 +189,7 @@ impl Target {
         args.add(expected).map_err(sqlx::Error::Encode)?;
         args.add(lock_key(self.table, self.entity_id)).map_err(sqlx::Error::Encode)?;
         args.add(column_names::<T>()).map_err(sqlx::Error::Encode)?;
-        args.add(T::SHAPE).map_err(sqlx::Error::Encode)?;
+        args.add(T::TABLE.shape).map_err(sqlx::Error::Encode)?;
         if let Some(value) = value {
             value.__encode(&mut args).map_err(sqlx::Error::Encode)?;
         }

@@ -44,8 +44,40 @@ fn impl_immutable(entity: &Entity<'_>) -> TokenStream {
         (TokenStream::new(), TokenStream::new())
     };
     let shape = match &entity.shape {
-        Some(shape) => quote!(const SHAPE: i32 = #shape;),
-        None => TokenStream::new(),
+        Some(shape) => {
+            let n = Literal::i32_unsuffixed(shape.base10_parse::<i32>().unwrap_or(1));
+            quote!(#n)
+        }
+        None => quote!(1),
+    };
+    let (upcast, upcast_decode, upcast_checks) = match &entity.upcast {
+        Some(source) => {
+            let span = source.span();
+            let krate_spanned = respan(quote!(#krate), span);
+            let message = format!(
+                "`upcast = {}` must name an entity of the same table ({:?}) with an older (smaller) shape",
+                quote!(#source),
+                table
+            );
+            (
+                quote_spanned!(span=> ::core::option::Option::Some(&<#source as #krate_spanned::Immutable>::TABLE)),
+                quote_spanned! {span=>
+                    if let ::core::option::Option::Some(older) =
+                        #private::upcast::<Self, #source>(row, columns)?
+                    {
+                        return ::core::result::Result::Ok(<Self as ::core::convert::From<#source>>::from(older));
+                    }
+                },
+                quote_spanned! {span=>
+                    const _: () = ::core::assert!(
+                        #private::same_str(<#source as #krate_spanned::Immutable>::TABLE.name, #table)
+                            && <#source as #krate_spanned::Immutable>::TABLE.shape < #shape,
+                        #message,
+                    );
+                },
+            )
+        }
+        None => (quote!(::core::option::Option::None), TokenStream::new(), TokenStream::new()),
     };
 
     let constants = entity.fields.iter().map(|field| {
@@ -60,17 +92,18 @@ fn impl_immutable(entity: &Entity<'_>) -> TokenStream {
 
         const _: () = {
             #(#uuid_checks)*
+            #upcast_checks
 
             #[automatically_derived]
             impl #krate::Immutable for #ident #where_clause {
                 const __TABLE_NAME: &'static str = #table;
 
-                #shape
-
                 const TABLE: #krate::TableDef = #krate::TableDef {
                     name: #table,
                     rust_name: #rust_name,
                     columns: &[#(#columns),*],
+                    shape: #shape,
+                    upcast: #upcast,
                 };
 
                 fn __sql() -> &'static #private::Sql {
@@ -80,9 +113,10 @@ fn impl_immutable(entity: &Entity<'_>) -> TokenStream {
 
                 fn __decode(
                     row: &#private::PgRow,
-                    columns: #private::RowLayout<'_>,
+                    columns: #private::RowLayout,
                 ) -> ::core::result::Result<Self, #private::sqlx::Error> {
                     #unused_row
+                    #upcast_decode
                     ::core::result::Result::Ok(Self { #(#decode),* })
                 }
 

@@ -50,6 +50,8 @@ pub(crate) fn expand(entity: &Entity<'_>) -> TokenStream {
                     name: "",
                     rust_name: #rust_name,
                     columns: &[],
+                    shape: 1,
+                    upcast: ::core::option::Option::None,
                 };
 
                 fn __sql() -> &'static #private::Sql {
@@ -58,7 +60,7 @@ pub(crate) fn expand(entity: &Entity<'_>) -> TokenStream {
 
                 fn __decode(
                     _: &#private::PgRow,
-                    _: #private::RowLayout<'_>,
+                    _: #private::RowLayout,
                 ) -> ::core::result::Result<Self, #private::sqlx::Error> {
                     ::core::unreachable!()
                 }

@@ -24,7 +24,30 @@ immu_tests::tests![
     add_indexes,
     a_change_without_the_sync_is_caught,
     a_change_of_the_projection_alone_is_caught,
+    a_change_sql_cannot_express_is_upcast_on_read,
 ];
+
+/// A person as first written: one `name`.
+#[derive(Debug, Clone, PartialEq, Immutable)]
+#[immu(table = "people")]
+struct PersonV1 {
+    name: String,
+}
+
+/// A person since the name was split: versions written by shape 1 are converted on read.
+#[derive(Debug, Clone, PartialEq, Immutable)]
+#[immu(table = "people", shape = 2, upcast = PersonV1)]
+struct Person {
+    first_name: String,
+    last_name: String,
+}
+
+impl From<PersonV1> for Person {
+    fn from(old: PersonV1) -> Person {
+        let (first, last) = old.name.split_once(' ').unwrap_or((&old.name, ""));
+        Person { first_name: first.to_owned(), last_name: last.to_owned() }
+    }
+}
 
 /// The entity before any change.
 #[derive(Debug, Clone, PartialEq, Immutable)]
@@ -487,4 +510,66 @@ async fn a_change_of_the_projection_alone_is_caught(db: Db) -> TestResult {
         Some("x")
     );
     sound::<ProductNote>(&db, a).await
+}
+
+async fn a_change_sql_cannot_express_is_upcast_on_read(db: Db) -> TestResult {
+    migrate(&db, &immu_core::schema::create_table::<PersonV1>()?).await?;
+    let ada = PersonV1::insert(&db.pool, PersonV1 { name: "Ada Byron".into() }).await?;
+    PersonV1::modify(&db.pool, ada.entity_id, |p| p.name = "Ada Lovelace".into()).await?;
+    let grace = PersonV1::insert(&db.pool, PersonV1 { name: "Grace Hopper".into() }).await?;
+    PersonV1::delete(&db.pool, grace.entity_id).await?;
+    let before = immu_core::Snapshot::now(&db.pool).await?.instant();
+    // Splitting a name is no SQL cast: the old versions stay as they were written, and record
+    // that shape 1 wrote them.
+    migrate(
+        &db,
+        "ALTER TABLE people ADD COLUMN first_name text, ADD COLUMN last_name text, ALTER COLUMN name DROP NOT NULL;
+         SELECT immu.sync_versioning('people');",
+    )
+    .await?;
+    let shapes: Vec<Option<i32>> =
+        sqlx::query_scalar("SELECT immu_shape FROM people WHERE entity_id = $1 ORDER BY version")
+            .bind(ada.entity_id)
+            .fetch_all(&db.pool)
+            .await?;
+    assert_eq!(shapes, [Some(1), Some(1)]);
+    // Every read converts them.
+    let now = Person::find(&db.pool, ada.entity_id).await?;
+    assert_eq!((now.first_name.as_str(), now.last_name.as_str(), now.version), ("Ada", "Lovelace", 2));
+    let history = Person::history(&db.pool, ada.entity_id).await?;
+    assert_eq!(history.iter().map(|v| v.last_name.as_str()).collect::<Vec<_>>(), ["Byron", "Lovelace"]);
+    let then = Person::query().as_of(before).fetch_all(&db.pool).await?;
+    assert_eq!(then.len(), 1, "grace was deleted");
+    assert_eq!(then[0].first_name, "Ada");
+    let all = Person::query().with_deleted().all_versions().fetch_all(&db.pool).await?;
+    assert_eq!(all.len(), 4);
+    // Writes of shape 2, also on top of a shape-1 version.
+    let v3 = Person::modify(&db.pool, ada.entity_id, |p| p.last_name = "King".into()).await?;
+    assert_eq!((v3.first_name.as_str(), v3.last_name.as_str(), v3.version), ("Ada", "King", 3));
+    let back = Person::undelete(&db.pool, grace.entity_id).await?;
+    assert_eq!(
+        (back.first_name.as_str(), back.last_name.as_str()),
+        ("Grace", "Hopper"),
+        "the undelete copies a shape-1 version"
+    );
+    let shapes: Vec<Option<i32>> =
+        sqlx::query_scalar("SELECT immu_shape FROM people WHERE entity_id = $1 ORDER BY version")
+            .bind(ada.entity_id)
+            .fetch_all(&db.pool)
+            .await?;
+    assert_eq!(shapes, [Some(1), Some(1), Some(2)]);
+    // The old versions are untouched, in the history as in what an old reader sees.
+    assert_eq!(PersonV1::find_version(&db.pool, ada.entity_id, 1).await?.name, "Ada Byron");
+    // A writer still running the old shape: its versions say so, and read right.
+    PersonV1::update(&db.pool, ada.entity_id, PersonV1 { name: "Ada Countess".into() }).await?;
+    let v5 = Person::find(&db.pool, ada.entity_id).await?;
+    assert_eq!((v5.first_name.as_str(), v5.last_name.as_str()), ("Ada", "Countess"));
+    let new =
+        Person::insert(&db.pool, Person { first_name: "Alan".into(), last_name: "Turing".into() }).await?;
+    assert_eq!(Person::find(&db.pool, new.entity_id).await?.data, new.data);
+    let projection: i64 = sqlx::query_scalar("SELECT count(*) FROM immu.check_projection('people')")
+        .fetch_one(&db.owner)
+        .await?;
+    assert_eq!(projection, 0);
+    Ok(())
 }

@@ -64,6 +64,8 @@ async fn generated_ddl_creates_a_working_table(db: Db) -> TestResult {
                 references: None,
             },
         ],
+        shape: 1,
+        upcast: None,
     };
     let ddl = create_table_for(&GADGETS)?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(ddl)).execute(&db.owner).await?;
@@ -120,7 +122,8 @@ async fn invalid_identifiers_are_refused_at_runtime(_db: Db) -> TestResult {
         ("t", INJECTION, "x\"); drop table t; --"),
     ];
     for (name, columns, bad) in cases {
-        let err = create_table_for(&TableDef { name, rust_name: "T", columns }).unwrap_err();
+        let err = create_table_for(&TableDef { name, rust_name: "T", columns, shape: 1, upcast: None })
+            .unwrap_err();
         assert!(matches!(&err, Error::InvalidIdentifier { name, .. } if name == bad), "{bad:?}: {err:?}");
     }
     Ok(())

@@ -27,6 +27,8 @@ const EXPECTED: TableDef = TableDef {
         col("booked_at", "booked_at", "timestamptz"),
         col("ok", "ok", "boolean"),
     ],
+    shape: 1,
+    upcast: None,
 };
 
 fn main() {
