@@ -64,6 +64,10 @@ CREATE TABLE immu.versioned_tables (
     -- for: what immu.assert_machinery compares with.
     history_shape    jsonb  NOT NULL DEFAULT '[]'::jsonb,
     projection_shape jsonb  NOT NULL DEFAULT '[]'::jsonb,
+    -- The anchor: an empty table in schema immu whose foreign keys reference the history and the
+    -- projection, so that neither can be truncated by anyone but the owner (a foreign key makes
+    -- TRUNCATE fail, and TRUNCATE ... CASCADE needs a privilege on the anchor that nobody holds).
+    anchor      regclass,
     -- Per-table options of later features (room for them; none yet).
     options     jsonb       NOT NULL DEFAULT '{}'::jsonb,
     synced_at   timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
@@ -76,12 +80,19 @@ CREATE FUNCTION immu.owns(rel regclass) RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 RETURN pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = rel), 'USAGE');
 
+-- Whether `rel` is a permanent table (not a temporary one, not missing).
+CREATE FUNCTION immu.is_permanent_table(rel regclass) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN coalesce((SELECT c.relkind = 'r' AND c.relpersistence = 'p' FROM pg_catalog.pg_class c WHERE c.oid = rel), false);
+
 -- Everyone reads the catalog (the drift check does, as the application); each role writes only the
 -- rows of the tables it owns.
 ALTER TABLE immu.versioned_tables ENABLE ROW LEVEL SECURITY;
 CREATE POLICY read_all ON immu.versioned_tables FOR SELECT USING (true);
 CREATE POLICY owners_write ON immu.versioned_tables FOR ALL
-    USING (immu.owns(table_name)) WITH CHECK (immu.owns(table_name));
+    USING (immu.owns(table_name))
+    WITH CHECK (immu.owns(table_name) AND immu.owns(projection)
+                AND immu.is_permanent_table(table_name) AND immu.is_permanent_table(projection));
 GRANT SELECT, INSERT, UPDATE, DELETE ON immu.versioned_tables TO PUBLIC;
 
 -- The reserved columns immu adds to a versioned table, in order, with their types.
@@ -184,13 +195,20 @@ BEGIN
     SELECT c.relowner INTO owner FROM pg_catalog.pg_class c WHERE c.oid = history;
     RETURN QUERY SELECT 'IMMU3', d, sync FROM immu.shape_differences(history, history_shape, immu.live_shape(history)) AS d;
     RETURN QUERY SELECT 'IMMU3', d, sync FROM immu.shape_differences(projection, projection_shape, immu.live_shape(projection)) AS d;
+    -- The same columns in another order: a column dropped and added again.
+    RETURN QUERY SELECT 'IMMU3', format('the columns of %s were re-created or reordered since the last sync', x.rel), sync
+        FROM (VALUES (history, history_shape), (projection, projection_shape)) AS x (rel, shape)
+        WHERE immu.live_shape(x.rel) IS DISTINCT FROM x.shape
+          AND NOT EXISTS (SELECT FROM immu.shape_differences(x.rel, x.shape, immu.live_shape(x.rel)));
     RETURN QUERY
         SELECT 'IMMU3', format('trigger %I on %s is %s', x.name, x.rel,
                    CASE WHEN t.tgenabled IS NULL THEN 'missing' WHEN t.tgenabled <> 'A' THEN 'not enabled ALWAYS' ELSE 'not immu''s' END),
                sync
         FROM (VALUES (history, 'immu_append_only', 'immu.refuse_change'),
+                     (history, 'immu_append_only_rows', 'immu.refuse_change'),
                      (history, 'immu_check_insert', NULL),
-                     (projection, 'immu_projection', 'immu.refuse_projection_change')) AS x (rel, name, fn)
+                     (projection, 'immu_projection', 'immu.refuse_projection_change'),
+                     (projection, 'immu_projection_rows', 'immu.refuse_projection_change')) AS x (rel, name, fn)
         LEFT JOIN pg_catalog.pg_trigger t ON t.tgrelid = x.rel AND t.tgname = x.name
         WHERE t.tgenabled IS DISTINCT FROM 'A'
            OR (x.fn IS NOT NULL AND t.tgfoid::regproc::text <> x.fn);
@@ -206,14 +224,29 @@ BEGIN
         WHERE CASE WHEN a.oid = 0 THEN pg_catalog.has_table_privilege('public', x.rel, 'TRIGGER')
                    ELSE NOT pg_catalog.pg_has_role(a.oid, owner, 'MEMBER')
                         AND pg_catalog.has_table_privilege(a.oid, x.rel, 'TRIGGER') END;
+    -- Triggers that are not immu's: any on the projection (it would run inside immu's trigger, as
+    -- the owner); on the history, a BEFORE ROW or INSTEAD OF one (it could change a checked row),
+    -- or any whose function is not the owner's (it would run as whoever writes, the owner too).
     RETURN QUERY
-        SELECT 'IMMU4', format('trigger %I on %s is not immu''s and could change the rows immu writes', t.tgname, t.tgrelid::regclass),
+        SELECT 'IMMU4', format('trigger %I on %s is not immu''s and could change the rows immu writes or run as their writer', t.tgname, t.tgrelid::regclass),
                format('DROP TRIGGER %I ON %s;', t.tgname, t.tgrelid::regclass)
-        FROM pg_catalog.pg_trigger t
+        FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid
         WHERE NOT t.tgisinternal
-          AND ((t.tgrelid = projection AND t.tgname <> 'immu_projection')
-               OR (t.tgrelid = history AND t.tgname NOT IN ('immu_append_only', 'immu_check_insert')
-                   AND (t.tgtype & 64 = 64 OR t.tgtype & 3 = 3)));
+          AND ((t.tgrelid = projection AND t.tgname NOT IN ('immu_projection', 'immu_projection_rows'))
+               OR (t.tgrelid = history AND t.tgname NOT IN ('immu_append_only', 'immu_append_only_rows', 'immu_check_insert')
+                   AND (t.tgtype & 64 = 64 OR t.tgtype & 3 = 3
+                        OR NOT pg_catalog.pg_has_role(f.proowner, owner, 'MEMBER')
+                        OR f.pronamespace = pg_catalog.pg_my_temp_schema())));
+    RETURN QUERY
+        SELECT 'IMMU4', format('rule %I on %s could change what immu writes', rw.rulename, rw.ev_class::regclass),
+               format('DROP RULE %I ON %s;', rw.rulename, rw.ev_class::regclass)
+        FROM pg_catalog.pg_rewrite rw
+        WHERE rw.ev_class IN (history, projection) AND rw.rulename <> '_RETURN';
+    RETURN QUERY
+        SELECT 'IMMU3', format('column %I of %s is generated: immu copies what is written, and a generated value is not yet known when it does', a.attname, history),
+               format('ALTER TABLE %s ALTER COLUMN %I DROP EXPRESSION; %s', history, a.attname, sync)
+        FROM pg_catalog.pg_attribute a
+        WHERE a.attrelid = history AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> '';
 END
 $fn$;
 
@@ -282,6 +315,25 @@ BEGIN
 END
 $fn$;
 
+-- Refuses (IMMU4) while code of another role could run inside immu's own statements on these
+-- tables: a foreign trigger or rule (see immu.machinery_problems). immu's management functions
+-- write the projection as its owner, and would run it.
+CREATE FUNCTION immu.refuse_foreign_code(history regclass, projection regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    problems text[];
+    fixes text[];
+BEGIN
+    SELECT array_agg(p.problem), array_agg(p.fix) INTO problems, fixes
+      FROM immu.machinery_problems(history, projection, '[]'::jsonb, '[]'::jsonb) p
+     WHERE p.sqlstate = 'IMMU4' AND p.problem NOT LIKE '%(TRIGGER privilege)';
+    IF problems IS NOT NULL THEN
+        RAISE EXCEPTION '%: immu refuses to change the table while code of another role could run inside it', history
+            USING ERRCODE = 'IMMU4', DETAIL = array_to_string(problems, E'\n'), HINT = array_to_string(fixes, ' ');
+    END IF;
+END
+$fn$;
+
 -- (Re)creates the machinery of `history` from its current columns: the insert trigger that checks
 -- every version and keeps the projection in step, the refusal triggers, the lock-and-read function,
 -- the write function and the committing write procedure. Records them in the catalog. The history,
@@ -319,6 +371,7 @@ DECLARE
     arg_list text;
     own_count integer;
     new_routines text[];
+    anchor_table regclass;
     old text;
 BEGIN
     PERFORM immu.require_owner(history);
@@ -384,6 +437,11 @@ DECLARE
     immu_valid_from timestamptz;
     immu_deleted_at timestamptz;
 BEGIN
+    -- It runs as the table's owner: only ever as the insert trigger of its own history.
+    IF TG_RELID <> %2$L::regclass::oid OR TG_OP <> 'INSERT' OR TG_WHEN <> 'BEFORE' OR TG_LEVEL <> 'ROW' THEN
+        RAISE EXCEPTION 'immu: %% is the insert trigger of %%, not of %%', %1$L, %2$L, TG_RELID::regclass
+            USING ERRCODE = 'IMMU4';
+    END IF;
     %4$s
     IF NEW.entity_id IS NULL THEN
         RAISE EXCEPTION 'null value in column "entity_id" of relation "%%" violates not-null constraint', TG_TABLE_NAME
@@ -542,8 +600,12 @@ DECLARE
     immu_provided text[];
 BEGIN
     %5$s
-    IF immu_kind NOT IN ('insert', 'update', 'delete', 'undelete') THEN
-        RAISE EXCEPTION 'unknown write kind %%', immu_kind USING ERRCODE = 'invalid_parameter_value';
+    IF immu_kind IS NULL OR immu_kind NOT IN ('insert', 'update', 'delete', 'undelete') THEN
+        RAISE EXCEPTION 'unknown write kind %%', coalesce(immu_kind, 'NULL') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF immu_columns IS NOT NULL AND NOT (immu_columns <@ %9$L::text[]) THEN
+        RAISE EXCEPTION 'immu_columns names columns %% does not have among %%', %12$L, immu_columns
+            USING ERRCODE = 'undefined_column';
     END IF;
     PERFORM pg_catalog.pg_advisory_xact_lock(immu_lock) WHERE immu_lock IS NOT NULL;
     SELECT immu_c.* INTO immu_latest FROM %4$s AS immu_c WHERE immu_c.entity_id = immu_entity_id;
@@ -553,15 +615,12 @@ BEGIN
         RETURN;
     END IF;
     IF immu_kind = 'insert' THEN
-        IF immu_columns IS NULL OR cardinality(immu_columns) = %6$s THEN
+        IF immu_columns IS NULL OR %9$L::text[] <@ immu_columns THEN
             INSERT INTO %3$s (%7$s) VALUES (%8$s) RETURNING * INTO immu_written;
         ELSE
             -- Some own columns are not set: insert only the others, so that theirs get the
-            -- column's default. Names are checked against the table's.
-            immu_provided := ARRAY(SELECT immu_x FROM unnest(immu_columns) AS immu_x WHERE immu_x = ANY (%9$L::text[]));
-            IF cardinality(immu_provided) <> cardinality(immu_columns) THEN
-                RAISE EXCEPTION 'unknown columns in %%', immu_columns USING ERRCODE = 'undefined_column';
-            END IF;
+            -- column's default. (Names were checked against the table's above.)
+            immu_provided := ARRAY(SELECT DISTINCT immu_x FROM unnest(immu_columns) AS immu_x);
             immu_written := ROW(%10$s)::%3$s;
             EXECUTE format('INSERT INTO %%s (id, entity_id, version, immu_shape%%s) SELECT $1.id, $1.entity_id, 1, $1.immu_shape%%s RETURNING *',
                            %12$L, (SELECT string_agg(format(', %%I', immu_x), '') FROM unnest(immu_provided) AS immu_x),
@@ -585,7 +644,7 @@ BEGIN
         RETURN;
     END IF;
     IF immu_kind = 'update' THEN
-        IF immu_columns IS NOT NULL AND cardinality(immu_columns) <> %6$s THEN
+        IF immu_columns IS NOT NULL AND NOT (%9$L::text[] <@ immu_columns) THEN
             immu_keep := ARRAY[%13$s]::boolean[];
         END IF;
         INSERT INTO %3$s (%7$s) VALUES (%14$s) RETURNING * INTO immu_written;
@@ -652,6 +711,36 @@ $t$, commit_proc, proc_params, write_fn, arg_list, into_list, immu.release());
                                  OR pg_catalog.current_setting('immu.writing', true) IS DISTINCT FROM %L)
         EXECUTE FUNCTION immu.refuse_projection_change(%L)$t$, projection, owner, history::text, history::text);
     EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER immu_projection', projection);
+    -- The same refusals per row, as constraint triggers: a role that was granted TRIGGER on a
+    -- table can replace its triggers (CREATE OR REPLACE TRIGGER), but not a constraint trigger.
+    EXECUTE format('DROP TRIGGER IF EXISTS immu_append_only_rows ON %s', history);
+    EXECUTE format('CREATE CONSTRAINT TRIGGER immu_append_only_rows AFTER UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION immu.refuse_change()', history);
+    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER immu_append_only_rows', history);
+    EXECUTE format('DROP TRIGGER IF EXISTS immu_projection_rows ON %s', projection);
+    EXECUTE format($t$CREATE CONSTRAINT TRIGGER immu_projection_rows AFTER INSERT OR UPDATE OR DELETE ON %s
+        FOR EACH ROW WHEN (pg_catalog.pg_trigger_depth() OPERATOR(pg_catalog.<) 1
+                           OR CURRENT_USER OPERATOR(pg_catalog.<>) %L::name
+                           OR pg_catalog.current_setting('immu.writing', true) IS DISTINCT FROM %L)
+        EXECUTE FUNCTION immu.refuse_projection_change(%L)$t$, projection, owner, history::text, history::text);
+    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER immu_projection_rows', projection);
+    -- The insert trigger runs as the owner: nobody may attach it to a table of theirs.
+    EXECUTE format('REVOKE ALL ON FUNCTION %s() FROM PUBLIC', check_fn);
+    -- The anchor: TRUNCATE of either table fails for everyone but the owner (see the catalog).
+    anchor_table := entry.anchor;
+    IF anchor_table IS NULL THEN
+        IF pg_catalog.to_regclass(format('immu.%I', 'anchor_' || history::oid)) IS NULL THEN
+            EXECUTE format('CREATE TABLE %s (entity_id uuid, valid_from timestamptz, version bigint)', format('immu.%I', 'anchor_' || history::oid));
+        END IF;
+        anchor_table := format('immu.%I', 'anchor_' || history::oid)::regclass;
+        EXECUTE format('COMMENT ON TABLE %s IS %L', anchor_table,
+                       format('immu: keeps %s and %s from being truncated; always empty', history, projection));
+    END IF;
+    EXECUTE format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS immu_history, DROP CONSTRAINT IF EXISTS immu_projection', anchor_table);
+    EXECUTE format('ALTER TABLE %s ADD CONSTRAINT immu_history FOREIGN KEY (entity_id, valid_from, version) REFERENCES %s (entity_id, valid_from, version),
+                                   ADD CONSTRAINT immu_projection FOREIGN KEY (entity_id) REFERENCES %s (entity_id)',
+                   anchor_table, history, projection);
+    EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', anchor_table);
+    EXECUTE format('ALTER TABLE %s OWNER TO %I', anchor_table, owner);
 
     -- Owner, privileges. The routines belong to the table's owner (the insert trigger runs as it);
     -- nobody else may write the projection, or create triggers on either table.
@@ -686,6 +775,7 @@ $t$, commit_proc, proc_params, write_fn, arg_list, into_list, immu.release());
            columns = (SELECT jsonb_agg(jsonb_build_object('attnum', c.attnum, 'name', c.name, 'type', c.type) ORDER BY c.attnum)
                       FROM immu.columns_of(history) c),
            routines = new_routines,
+           anchor = anchor_table,
            history_shape = immu.live_shape(history),
            projection_shape = immu.live_shape(v.projection),
            synced_at = pg_catalog.clock_timestamp()
@@ -789,6 +879,7 @@ DECLARE
     col record;
     recorded jsonb;
     fill text[] := '{}';
+    guards text[];
     current_type text;
 BEGIN
     PERFORM immu.require_owner(history);
@@ -808,6 +899,12 @@ BEGIN
                        proj_name || '_pkey', hist_name || '_current_pkey');
     END IF;
     EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', projection);
+    PERFORM immu.refuse_foreign_code(history, projection);
+    IF EXISTS (SELECT FROM pg_catalog.pg_attribute a
+               WHERE a.attrelid = history AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> '') THEN
+        RAISE EXCEPTION '% has a generated column: immu copies what is written, and a generated value is not yet known when it does', history
+            USING ERRCODE = 'feature_not_supported', HINT = 'Compute it in your queries, or in an index expression on the projection.';
+    END IF;
 
     -- Renames: a history column whose attribute number had another name at the last sync.
     FOR col IN
@@ -828,6 +925,16 @@ BEGIN
     LOOP
         EXECUTE format('ALTER TABLE %s DROP COLUMN %I', projection, col.name);
     END LOOP;
+    -- Columns dropped and added again under the same name since the last sync (their attribute
+    -- number changed): their values are new, refill them.
+    FOR col IN
+        SELECT c.name FROM immu.columns_of(history) c
+        WHERE entry.columns <> '[]'::jsonb
+          AND NOT EXISTS (SELECT FROM jsonb_array_elements(entry.columns) r WHERE (r->>'attnum')::int = c.attnum)
+          AND EXISTS (SELECT FROM immu.columns_of(projection) p WHERE p.name = c.name)
+    LOOP
+        fill := fill || col.name;
+    END LOOP;
     -- Columns to add or retype, in the history's order; then filled from the history.
     FOR col IN
         SELECT c.name, c.projection_type, p.type AS current_type, p.not_null,
@@ -839,7 +946,7 @@ BEGIN
     LOOP
         IF col.current_type IS NULL THEN
             EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s', projection, col.name, col.projection_type);
-            fill := fill || col.name;
+            fill := fill || col.name::text;
         ELSIF col.current_type <> col.projection_type THEN
             -- Same base type, only a typmod or a domain relaxed: the values are the same.
             IF pg_catalog.format_type(col.proj_typid, NULL) = immu.projection_type(col.hist_typid, NULL) THEN
@@ -853,15 +960,25 @@ BEGIN
             EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP NOT NULL', projection, col.name);
         END IF;
     END LOOP;
-    IF fill <> '{}' AND EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid = projection AND t.tgname = 'immu_projection') THEN
-        EXECUTE format('ALTER TABLE %s DISABLE TRIGGER immu_projection', projection);
+    IF fill <> '{}' THEN
+        -- The projection's guards (those that exist: a table of release 1 has one) let the
+        -- owner's fill through while disabled.
+        guards := ARRAY(SELECT t.tgname::text FROM pg_catalog.pg_trigger t
+                        WHERE t.tgrelid = projection AND t.tgname IN ('immu_projection', 'immu_projection_rows'));
+        IF guards <> '{}' THEN
+            EXECUTE format('ALTER TABLE %s %s', projection,
+                           (SELECT string_agg(format('DISABLE TRIGGER %I', g), ', ') FROM unnest(guards) AS g));
+        END IF;
         EXECUTE format('UPDATE %1$s AS p SET (%2$s) = ROW(%3$s) FROM ONLY %4$s AS h
                         WHERE h.entity_id = p.entity_id AND h.valid_from = p.valid_from AND h.version = p.version',
                        projection,
                        (SELECT string_agg(quote_ident(x), ', ') FROM unnest(fill) AS x),
                        (SELECT string_agg(format('h.%I', x), ', ') FROM unnest(fill) AS x),
                        history);
-        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER immu_projection', projection);
+        IF guards <> '{}' THEN
+            EXECUTE format('ALTER TABLE %s %s', projection,
+                           (SELECT string_agg(format('ENABLE ALWAYS TRIGGER %I', g), ', ') FROM unnest(guards) AS g));
+        END IF;
     END IF;
     -- (A projection still without its guard, being created by add_versioning, is empty.)
     PERFORM immu.generate(history);
@@ -891,7 +1008,8 @@ BEGIN
     SELECT string_agg(quote_ident(c.name), ', ' ORDER BY c.attnum),
            string_agg(format('%I = EXCLUDED.%I', c.name, c.name), ', ' ORDER BY c.attnum) FILTER (WHERE c.name <> 'entity_id')
       INTO cols, sets FROM immu.columns_of(history) c;
-    EXECUTE format('ALTER TABLE %s DISABLE TRIGGER immu_projection', projection);
+    PERFORM immu.refuse_foreign_code(history, projection);
+    EXECUTE format('ALTER TABLE %s DISABLE TRIGGER immu_projection, DISABLE TRIGGER immu_projection_rows', projection);
     EXECUTE format($t$INSERT INTO %1$s AS p (%2$s)
         SELECT DISTINCT ON (h.entity_id) %4$s FROM ONLY %3$s AS h ORDER BY h.entity_id, h.valid_from DESC, h.version DESC
         ON CONFLICT (entity_id) DO UPDATE SET %5$s
@@ -905,7 +1023,7 @@ BEGIN
     EXECUTE format('DELETE FROM %1$s AS p WHERE NOT EXISTS (SELECT FROM ONLY %2$s AS h WHERE h.entity_id = p.entity_id)',
                    projection, history);
     GET DIAGNOSTICS removed = ROW_COUNT;
-    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER immu_projection', projection);
+    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER immu_projection, ENABLE ALWAYS TRIGGER immu_projection_rows', projection);
     RETURN changed + removed;
 END
 $fn$;
@@ -916,10 +1034,20 @@ CREATE FUNCTION immu.check_projection(history regclass) RETURNS TABLE (entity_id
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     projection regclass;
+    drift text[];
 BEGIN
     SELECT v.projection INTO projection FROM immu.versioned_tables v WHERE v.table_name = history;
     IF NOT FOUND THEN
         RAISE EXCEPTION '% is not a versioned table', history USING ERRCODE = 'undefined_object';
+    END IF;
+    -- Columns that differ between the two tables cannot be compared: say so first.
+    SELECT array_agg(p.problem) INTO drift
+      FROM immu.versioned_tables v, immu.machinery_problems(v.table_name, v.projection, v.history_shape, v.projection_shape) p
+     WHERE v.table_name = history AND p.sqlstate = 'IMMU3';
+    IF drift IS NOT NULL THEN
+        RAISE EXCEPTION '%: immu''s machinery is out of step with the table', history
+            USING ERRCODE = 'IMMU3', DETAIL = array_to_string(drift, E'\n'),
+                  HINT = format('SELECT immu.sync_versioning(%L);', history::text);
     END IF;
     RETURN QUERY EXECUTE format($t$
         SELECT coalesce(h.entity_id, p.entity_id),
@@ -1069,7 +1197,8 @@ BEGIN
     END LOOP;
     FOR t IN
         SELECT v.table_name FROM immu.versioned_tables v
-        WHERE v.release < immu.release() OR v.release IS NULL
+        WHERE (v.release < immu.release() OR v.release IS NULL)
+          AND immu.is_permanent_table(v.table_name)
         ORDER BY v.table_name::text
     LOOP
         IF immu.owns(t) THEN

@@ -382,6 +382,16 @@ impl From<sqlx::Error> for Error {
                     };
                 }
                 Some("42501") => return Error::PermissionDenied { message: db.message().to_owned() },
+                // A TRUNCATE stopped by the anchor of a versioned table (an empty table of schema
+                // immu whose foreign keys keep the history and the projection from being truncated).
+                Some("0A000")
+                    if db.message().starts_with("cannot truncate a table referenced in a foreign key")
+                        && pg.and_then(|e| e.detail()).is_some_and(|d| d.starts_with("Table \"anchor_")) =>
+                {
+                    let table =
+                        pg.and_then(|e| e.detail()).and_then(|d| d.split('"').nth(3)).unwrap_or_default();
+                    return Error::AppendOnly { table: table.to_owned(), operation: "TRUNCATE".to_owned() };
+                }
                 Some("42P01") => {
                     // undefined_table: `relation "accounts" does not exist`
                     let table = db.message().split('"').nth(1).unwrap_or_default().to_owned();

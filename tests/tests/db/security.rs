@@ -20,6 +20,9 @@ immu_tests::tests![
     raw_inserts_follow_the_rules_of_the_write_path,
     refusals_name_the_table_and_the_reason,
     the_machinery_cannot_be_called_or_managed_by_the_application,
+    the_insert_trigger_cannot_be_borrowed,
+    a_role_with_trigger_cannot_replace_immus_refusals,
+    code_of_another_role_on_immus_tables_stops_immu,
 ];
 
 /// A role granted every privilege on every table of the schema (a common lazy setup).
@@ -280,10 +283,10 @@ async fn every_privilege_on_every_table_is_not_enough(db: Db) -> TestResult {
     for (sql, table) in [
         ("UPDATE accounts SET balance = 0", "accounts"),
         ("DELETE FROM accounts", "accounts"),
-        ("TRUNCATE accounts CASCADE", "accounts"),
+        ("TRUNCATE accounts", "accounts"),
         ("UPDATE accounts_current SET balance = 0", "accounts_current"),
         ("DELETE FROM accounts_current", "accounts_current"),
-        ("TRUNCATE accounts_current CASCADE", "accounts_current"),
+        ("TRUNCATE accounts_current", "accounts_current"),
         (
             "MERGE INTO accounts_current c USING accounts h ON h.entity_id = c.entity_id WHEN MATCHED THEN UPDATE SET balance = 0",
             "accounts_current",
@@ -396,8 +399,8 @@ async fn the_machinery_cannot_be_called_or_managed_by_the_application(db: Db) ->
     let before = state(&db, at).await?;
     let mut app = db.connect().await?;
     for (sql, expect) in [
-        // The SECURITY DEFINER trigger function runs only as a trigger.
-        ("SELECT public.accounts_immu_check()", "trigger functions can only be called as triggers"),
+        // The SECURITY DEFINER trigger function: nobody else may execute it, or attach it.
+        ("SELECT public.accounts_immu_check()", "permission denied for function accounts_immu_check"),
         ("SELECT immu.sync_versioning('accounts')", "must be the owner"),
         ("SELECT immu.rebuild_projection('accounts')", "must be the owner"),
         ("SELECT immu.add_versioning('accounts')", "must be the owner"),
@@ -425,5 +428,152 @@ async fn the_machinery_cannot_be_called_or_managed_by_the_application(db: Db) ->
         assert!(err.as_database_error().is_some(), "{sql}: {err}");
     }
     assert_eq!(state(&db, at).await?, before, "nothing changed");
+    Ok(())
+}
+
+async fn the_insert_trigger_cannot_be_borrowed(db: Db) -> TestResult {
+    // immu's insert trigger runs as the table's owner. Attached to a table of the attacker's, it
+    // would write the projection for rows that never reach the history, and run the attacker's
+    // casts and domain checks as the owner.
+    let (ids, at) = setup(&db).await?;
+    let before = state(&db, at).await?;
+    let mut app = db.connect().await?;
+    sqlx::raw_sql("CREATE TEMP TABLE t (LIKE public.accounts)").execute(&mut app).await?;
+    let err = refused(
+        &mut app,
+        "CREATE TRIGGER x BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION public.accounts_immu_check()",
+    )
+    .await?;
+    assert!(
+        matches!(&err, Error::PermissionDenied { message } if message.contains("accounts_immu_check")),
+        "{err:?}"
+    );
+    // Even the owner cannot make it serve another table.
+    let mut owner = db.connect_owner().await?;
+    sqlx::raw_sql(
+        "CREATE TEMP TABLE t (LIKE public.accounts);
+         CREATE TRIGGER x BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION public.accounts_immu_check();",
+    )
+    .execute(&mut owner)
+    .await?;
+    let err = refused(
+        &mut owner,
+        &format!("INSERT INTO t (owner, balance, id, entity_id, version) VALUES ('m', 1000000, gen_random_uuid(), '{}', 4)", ids[0]),
+    )
+    .await?;
+    assert!(matches!(&err, Error::UnsafeSetup { .. }), "{err:?}");
+    assert!(err.to_string().contains("is the insert trigger of public.accounts"), "{err}");
+    assert_eq!(state(&db, at).await?, before, "nothing changed");
+    Ok(())
+}
+
+async fn a_role_with_trigger_cannot_replace_immus_refusals(db: Db) -> TestResult {
+    // A role granted every privilege may replace a table's triggers (CREATE OR REPLACE TRIGGER
+    // needs only the TRIGGER privilege). immu's refusals hold anyway: the same refusals run as
+    // constraint triggers, which cannot be replaced, and TRUNCATE is stopped by a foreign key from
+    // an anchor table nobody else may touch.
+    let (_, at) = setup(&db).await?;
+    let before = state(&db, at).await?;
+    let mut lazy = lazy(&db).await?;
+    sqlx::raw_sql(
+        "CREATE OR REPLACE TRIGGER immu_append_only BEFORE INSERT ON accounts FOR EACH STATEMENT EXECUTE FUNCTION immu.refuse_change();
+         CREATE OR REPLACE TRIGGER immu_projection BEFORE TRUNCATE ON accounts_current FOR EACH STATEMENT EXECUTE FUNCTION immu.refuse_change();",
+    )
+    .execute(&mut lazy)
+    .await?;
+    for (sql, table, operation) in [
+        ("UPDATE accounts SET balance = 1000000", "accounts", "UPDATE"),
+        ("DELETE FROM accounts", "accounts", "DELETE"),
+        ("TRUNCATE accounts", "accounts", "TRUNCATE"),
+        ("UPDATE accounts_current SET balance = 1000000", "accounts_current", "UPDATE"),
+        ("DELETE FROM accounts_current", "accounts_current", "DELETE"),
+        ("INSERT INTO accounts_current (entity_id) VALUES (gen_random_uuid())", "accounts_current", "INSERT"),
+        ("TRUNCATE accounts_current", "accounts_current", "TRUNCATE"),
+    ] {
+        let err = refused(&mut lazy, sql).await?;
+        assert!(
+            matches!(&err, Error::AppendOnly { table: t, operation: o } if t == table && o == operation),
+            "{sql}: {err:?}"
+        );
+    }
+    for sql in ["TRUNCATE accounts CASCADE", "TRUNCATE accounts_current CASCADE"] {
+        let err = refused(&mut lazy, sql).await?;
+        assert!(
+            matches!(&err, Error::PermissionDenied { message } if message.contains("anchor_")),
+            "{sql}: {err:?}"
+        );
+    }
+    for sql in [
+        "CREATE OR REPLACE TRIGGER immu_append_only_rows AFTER INSERT ON accounts FOR EACH ROW EXECUTE FUNCTION immu.refuse_change()",
+        "CREATE OR REPLACE TRIGGER immu_projection_rows AFTER INSERT ON accounts_current FOR EACH ROW EXECUTE FUNCTION immu.refuse_change()",
+        "DROP TRIGGER immu_append_only_rows ON accounts",
+        "ALTER TABLE accounts DISABLE TRIGGER immu_append_only_rows",
+    ] {
+        sqlx::raw_sql(sql).execute(&mut lazy).await.expect_err(sql);
+    }
+    assert_eq!(state(&db, at).await?, before, "nothing changed");
+    // immu itself refuses to write meanwhile, and its sync restores everything.
+    let err = Account::insert(&db.pool, Account::new("x", 1)).await.unwrap_err();
+    assert!(matches!(err, Error::SchemaDrift { .. } | Error::UnsafeSetup { .. }), "{err:?}");
+    sqlx::raw_sql("SELECT immu.sync_versioning('accounts')").execute(&db.owner).await?;
+    Account::insert(&db.pool, Account::new("x", 1)).await?;
+    Ok(())
+}
+
+async fn code_of_another_role_on_immus_tables_stops_immu(db: Db) -> TestResult {
+    let (ids, at) = setup(&db).await?;
+    let mut lazy = lazy(&db).await?;
+    // An AFTER trigger of the lazy role on the history: it would run as whoever writes, the
+    // owner's maintenance too. immu's writes, and its sync, refuse while it exists.
+    sqlx::raw_sql(
+        "CREATE FUNCTION pg_temp.spy() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+         CREATE TRIGGER spy AFTER INSERT ON accounts FOR EACH ROW EXECUTE FUNCTION pg_temp.spy();",
+    )
+    .execute(&mut lazy)
+    .await?;
+    let err = Account::modify(&db.pool, ids[0], |a| a.balance += 1).await.unwrap_err();
+    match &err {
+        Error::UnsafeSetup { problems, .. } => {
+            assert!(
+                problems.iter().any(|p| p.contains("trigger spy on public.accounts is not immu's")),
+                "{problems:?}"
+            )
+        }
+        other => panic!("expected UnsafeSetup, got {other:?}"),
+    }
+    let err = sqlx::raw_sql("SELECT immu.sync_versioning('accounts')").execute(&db.owner).await.unwrap_err();
+    let err = Error::from(err);
+    assert!(
+        matches!(&err, Error::UnsafeSetup { problems, .. } if problems.iter().any(|p| p.contains("trigger spy"))),
+        "{err:?}"
+    );
+    // The owner drops it (the error says how), and syncs.
+    sqlx::raw_sql("DROP TRIGGER spy ON accounts; SELECT immu.sync_versioning('accounts');")
+        .execute(&db.owner)
+        .await?;
+    Account::modify(&db.pool, ids[0], |a| a.balance += 1).await?;
+    // A rule on the projection, by its owner: immu refuses too.
+    sqlx::raw_sql("CREATE RULE r AS ON UPDATE TO accounts_current DO ALSO NOTIFY accounts")
+        .execute(&db.owner)
+        .await?;
+    let err = Account::modify(&db.pool, ids[0], |a| a.balance += 1).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::UnsafeSetup { problems, .. } if problems.iter().any(|p| p.contains("rule r on public.accounts_current"))),
+        "{err:?}"
+    );
+    sqlx::raw_sql("DROP RULE r ON accounts_current").execute(&db.owner).await?;
+    // The catalog is the owners': the application cannot register a table of its own with a
+    // projection of someone else's.
+    let mut app = db.connect().await?;
+    sqlx::raw_sql("CREATE TEMP TABLE mine (a int)").execute(&mut app).await?;
+    let err = refused(
+        &mut app,
+        "INSERT INTO immu.versioned_tables (table_name, projection, release, columns, routines) \
+         VALUES ('pg_temp.mine', 'public.invoices', 0, '[]', '{}')",
+    )
+    .await?;
+    assert!(err.to_string().contains("row-level security"), "{err}");
+    let after = state(&db, at).await?;
+    assert_eq!(after.as_of, state(&db, at).await?.as_of);
     Ok(())
 }
