@@ -1028,6 +1028,54 @@ BEGIN
 END
 $fn$;
 
+-- Importing history that already happened (a move from another system, a restore of selected
+-- entities): versions with their own valid_from, which the insert trigger would replace with the
+-- clock. As the table's owner, in one transaction:
+--
+--     SELECT immu.begin_import('accounts');   -- takes the table for the transaction, lets raw rows in as written
+--     INSERT INTO accounts (...) SELECT ...;   -- or COPY
+--     SELECT immu.finish_import('accounts');  -- checks every rule on the whole history, rebuilds the projection
+--
+-- finish_import refuses (IMMU2, and the transaction with it) a history that breaks any rule
+-- immu.check_history checks; nothing of the import is then kept.
+CREATE FUNCTION immu.begin_import(history regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    PERFORM immu.require_owner(history);
+    IF NOT EXISTS (SELECT FROM immu.versioned_tables v WHERE v.table_name = history) THEN
+        RAISE EXCEPTION '% is not a versioned table', history USING ERRCODE = 'undefined_object';
+    END IF;
+    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', history);
+    EXECUTE format('ALTER TABLE %s DISABLE TRIGGER immu_check_insert', history);
+    PERFORM pg_catalog.set_config('immu.importing', history::text, true);
+END
+$fn$;
+
+CREATE FUNCTION immu.finish_import(history regclass) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    problems text[];
+    rebuilt bigint;
+BEGIN
+    PERFORM immu.require_owner(history);
+    IF pg_catalog.current_setting('immu.importing', true) IS DISTINCT FROM history::text THEN
+        RAISE EXCEPTION 'no import of % was begun in this transaction', history
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = format('SELECT immu.begin_import(%L);', history::text);
+    END IF;
+    SELECT array_agg(format('entity %s, version %s: %s', c.entity_id, c.version, c.problem))
+      INTO problems FROM (SELECT * FROM immu.check_history(history) LIMIT 20) c;
+    IF problems IS NOT NULL THEN
+        RAISE EXCEPTION '%: the imported history breaks immu''s rules', history
+            USING ERRCODE = 'IMMU2', TABLE = (SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = history),
+                  DETAIL = array_to_string(problems, E'\n');
+    END IF;
+    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER immu_check_insert', history);
+    rebuilt := immu.rebuild_projection(history);
+    PERFORM pg_catalog.set_config('immu.importing', '', true);
+    RETURN rebuilt;
+END
+$fn$;
+
 -- The entities whose projection row differs from their latest stored version, column by column:
 -- none when the projection is right. Each row names the entity and what differs.
 CREATE FUNCTION immu.check_projection(history regclass) RETURNS TABLE (entity_id uuid, problem text)

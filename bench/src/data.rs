@@ -174,8 +174,10 @@ async fn public_tables(conn: &mut PgConnection) -> Result<BTreeSet<String>, BoxE
     Ok(names.into_iter().collect())
 }
 
-/// Fills immu's table through its insert trigger (which checks every version and keeps the
-/// projection `accounts_current` in step), in one `INSERT ... SELECT` ordered by `valid_from`.
+/// Fills immu's table with a history that already happened, in one `INSERT ... SELECT` ordered by
+/// `valid_from`, between `immu.begin_import` and `immu.finish_import` (the owner's import: the
+/// versions keep their own `valid_from`, every rule is checked on the whole history afterwards,
+/// and the projection `accounts_current` is built from it).
 ///
 /// Entity `i` is created at a random instant in `[t0, t0 + 15 days)` and changes every `gap_i`
 /// (random, up to `15 days / (versions - 1)`), so versions of different entities interleave on
@@ -209,6 +211,8 @@ async fn load_versions(
         ),
         "ALTER TABLE bench_entities ADD COLUMN entity_id uuid".to_owned(),
         "UPDATE bench_entities SET entity_id = bench_uuid7(created)".to_owned(),
+        "BEGIN".to_owned(),
+        "SELECT immu.begin_import('accounts')".to_owned(),
         format!(
             r#"INSERT INTO "accounts" ("id", "entity_id", "version", "valid_from", "deleted_at", "owner", "balance")
              SELECT bench_uuid7(t.valid_from), e.entity_id, v, t.valid_from,
@@ -221,6 +225,8 @@ async fn load_versions(
                                         e.i % {DELETED_EVERY} = 0 AND v = {versions} AS tombstone) AS t
              ORDER BY t.valid_from"#
         ),
+        "SELECT immu.finish_import('accounts')".to_owned(),
+        "COMMIT".to_owned(),
     ];
     for statement in statements {
         sqlx::raw_sql(AssertSqlSafe(statement)).execute(&mut *conn).await?;

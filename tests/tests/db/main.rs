@@ -10,6 +10,7 @@ mod concurrency;
 mod demo;
 mod drift;
 mod evolution;
+mod import;
 mod queries;
 mod raw_sql;
 mod reads;
@@ -33,6 +34,7 @@ fn main() -> std::process::ExitCode {
             security::tests(),
             evolution::tests(),
             drift::tests(),
+            import::tests(),
         ]
         .into_iter()
         .flatten()
