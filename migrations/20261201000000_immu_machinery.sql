@@ -22,7 +22,8 @@
 GRANT USAGE ON SCHEMA immu TO PUBLIC;
 
 -- Release 1's refusal functions, pinned. The projection's refusal no longer lets nested statements
--- through by itself: its trigger's WHEN clause decides who may write (see immu._generate).
+-- through: release 1's projections use it until immu.upgrade gives them release 2's guards
+-- (immu.guard_projection and row security, below).
 ALTER FUNCTION immu.refuse_change() SET search_path = pg_catalog, pg_temp;
 
 CREATE OR REPLACE FUNCTION immu.refuse_projection_change() RETURNS trigger
@@ -38,6 +39,59 @@ END
 $fn$;
 
 COMMENT ON FUNCTION immu.refuse_projection_change() IS 'immu: refuses direct changes of a projection table (<table>_current)';
+
+-- The projection's guards. Its rows are written only by the insert trigger of its history, which
+-- runs as the tables' owner. Two guards, neither on the path of that trigger's own statements:
+--
+-- * row security (ENABLE, not FORCE): every role but the owner (and its members, superusers and
+--   BYPASSRLS roles) may read every row and write none. Its policies call
+--   immu.refuse_projection_write, which raises IMMU1 for the first row a statement would write.
+--   Only the owner can change policies or disable row security; a role granted TRIGGER cannot.
+-- * a statement trigger (immu.guard_projection) for the owner and superusers, whom row security
+--   does not stop: it refuses every statement but the history trigger's own (at trigger depth 2,
+--   as the owner, with the transaction-local setting immu.writing naming the history; anyone may
+--   set it, but only the owner's trigger passes the rest), and every TRUNCATE. A trigger without a
+--   WHEN clause: PostgreSQL compiles a WHEN clause for each statement, which costs more than the
+--   function.
+CREATE FUNCTION immu.refuse_projection_write(projection regclass, history regclass, operation text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    schema_name text;
+    table_name text;
+BEGIN
+    SELECT n.nspname, c.relname INTO schema_name, table_name
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = projection;
+    RAISE EXCEPTION '% on "%" refused: the table is maintained by immu', operation, table_name
+        USING ERRCODE = 'IMMU1',
+              SCHEMA = schema_name,
+              TABLE = table_name,
+              DETAIL = format('%s holds the latest version of each entity of %s, kept in step by the trigger on that versioned table; only that trigger may write it.', projection, history),
+              HINT = 'Append a new version instead: insert, update, delete and undelete through immu add rows to the versioned table.';
+END
+$fn$;
+
+COMMENT ON FUNCTION immu.refuse_projection_write(regclass, regclass, text) IS 'immu: refuses, in the row security policies of a projection, every write of a role other than its owner';
+-- Evaluated with the rights of whoever writes: everyone may call it (it only ever raises).
+GRANT EXECUTE ON FUNCTION immu.refuse_projection_write(regclass, regclass, text) TO PUBLIC;
+
+CREATE FUNCTION immu.guard_projection() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    -- TG_ARGV: the history, its owner.
+    IF TG_OP <> 'TRUNCATE' AND pg_catalog.pg_trigger_depth() > 1 AND CURRENT_USER = TG_ARGV[1]::name
+       AND pg_catalog.current_setting('immu.writing', true) = TG_ARGV[0] THEN
+        RETURN NULL;
+    END IF;
+    RAISE EXCEPTION '% on "%" refused: the table is maintained by immu', TG_OP, TG_TABLE_NAME
+        USING ERRCODE = 'IMMU1',
+              SCHEMA = TG_TABLE_SCHEMA,
+              TABLE = TG_TABLE_NAME,
+              DETAIL = format('%I.%I holds the latest version of each entity of %s, kept in step by the trigger on that versioned table; only that trigger may write it.', TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]),
+              HINT = 'Append a new version instead: insert, update, delete and undelete through immu add rows to the versioned table.';
+END
+$fn$;
+
+COMMENT ON FUNCTION immu.guard_projection() IS 'immu: refuses statements on a projection table (<table>_current) but those of its history''s insert trigger';
 
 -- The release of the machinery this migration generates. Rust's immu_core::schema::MACHINERY_RELEASE
 -- names the release it expects; the drift check compares them.
@@ -207,8 +261,7 @@ BEGIN
         FROM (VALUES (history, 'immu_append_only', 'immu.refuse_change'),
                      (history, 'immu_append_only_rows', 'immu.refuse_change'),
                      (history, 'immu_check_insert', NULL),
-                     (projection, 'immu_projection', 'immu.refuse_projection_change'),
-                     (projection, 'immu_projection_rows', 'immu.refuse_projection_change')) AS x (rel, name, fn)
+                     (projection, 'immu_projection', 'immu.guard_projection')) AS x (rel, name, fn)
         LEFT JOIN pg_catalog.pg_trigger t ON t.tgrelid = x.rel AND t.tgname = x.name
         WHERE t.tgenabled IS DISTINCT FROM 'A'
            OR (x.fn IS NOT NULL AND t.tgfoid::regproc::text <> x.fn);
@@ -232,11 +285,25 @@ BEGIN
                format('DROP TRIGGER %I ON %s;', t.tgname, t.tgrelid::regclass)
         FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid
         WHERE NOT t.tgisinternal
-          AND ((t.tgrelid = projection AND t.tgname NOT IN ('immu_projection', 'immu_projection_rows'))
+          AND ((t.tgrelid = projection AND t.tgname <> 'immu_projection')
                OR (t.tgrelid = history AND t.tgname NOT IN ('immu_append_only', 'immu_append_only_rows', 'immu_check_insert')
                    AND (t.tgtype & 64 = 64 OR t.tgtype & 3 = 3
                         OR NOT pg_catalog.pg_has_role(f.proowner, owner, 'MEMBER')
                         OR f.pronamespace = pg_catalog.pg_my_temp_schema())));
+    -- The projection's row security: enabled, with immu's four policies and no other (policies
+    -- that permit are combined with OR: one more could let other roles write). Only the owner can
+    -- change them; the sync restores them.
+    RETURN QUERY
+        SELECT 'IMMU3', format('row security of %s is disabled: roles granted writes on it could change it', projection), sync
+        FROM pg_catalog.pg_class c WHERE c.oid = projection AND NOT c.relrowsecurity;
+    RETURN QUERY
+        SELECT 'IMMU3', format('policy %I on %s is %s', coalesce(x.name, p.polname), projection,
+                               CASE WHEN p.polname IS NULL THEN 'missing' WHEN x.name IS NULL THEN 'not immu''s' ELSE 'not as immu made it' END),
+               sync
+        FROM (SELECT p.polname, p.polcmd, p.polpermissive, p.polroles FROM pg_catalog.pg_policy p WHERE p.polrelid = projection) AS p
+        FULL JOIN (VALUES ('immu_read'::name, 'r'::"char"), ('immu_insert', 'a'), ('immu_update', 'w'), ('immu_delete', 'd')) AS x (name, cmd)
+          ON x.name = p.polname
+        WHERE p.polname IS NULL OR x.name IS NULL OR p.polcmd <> x.cmd OR NOT p.polpermissive OR p.polroles <> '{0}';
     RETURN QUERY
         SELECT 'IMMU4', format('rule %I on %s could change what immu writes', rw.rulename, rw.ev_class::regclass),
                format('DROP RULE %I ON %s;', rw.rulename, rw.ev_class::regclass)
@@ -286,7 +353,7 @@ BEGIN
             SCHEMA = (SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = history),
             DETAIL = array_to_string(problems, E'\n'),
             HINT = CASE code
-                WHEN 'IMMU3' THEN 'After changing the columns of a versioned table, regenerate its machinery in the same migration: ' || array_to_string(fixes, ' ')
+                WHEN 'IMMU3' THEN 'Regenerate the machinery as the table''s owner (after a change of its columns, in the same migration): ' || array_to_string(fixes, ' ')
                 ELSE 'A trigger on an immu table runs inside immu''s trigger, as the table''s owner; only the owner may create them: ' || array_to_string(fixes, ' ') END;
     END LOOP;
     RETURN true;
@@ -370,6 +437,7 @@ DECLARE
     into_list text;
     arg_list text;
     own_count integer;
+    policy name;
     new_routines text[];
     anchor_table regclass;
     old text;
@@ -696,33 +764,31 @@ END
 $immu$;
 $t$, commit_proc, proc_params, write_fn, arg_list, into_list, immu.release());
 
-    -- Triggers. The projection's refusal fires for every statement on it, except the statements
-    -- run by the history's trigger: at trigger depth 1 or more, as the table's owner, with the
-    -- transaction-local setting immu.writing naming the history (set by that trigger around its
-    -- statement; anyone may set it, but only the owner's trigger passes the rest). ENABLE ALWAYS:
-    -- they fire under session_replication_role = replica too.
+    -- Triggers, ENABLE ALWAYS: they fire under session_replication_role = replica too. The
+    -- projection's guards are described at immu.guard_projection.
     EXECUTE format('CREATE OR REPLACE TRIGGER immu_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION immu.refuse_change()', history);
     EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER immu_append_only', history);
     EXECUTE format('CREATE OR REPLACE TRIGGER immu_check_insert BEFORE INSERT ON %s FOR EACH ROW EXECUTE FUNCTION %s()', history, check_fn);
     EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER immu_check_insert', history);
-    EXECUTE format($t$CREATE OR REPLACE TRIGGER immu_projection BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s
-        FOR EACH STATEMENT WHEN (pg_catalog.pg_trigger_depth() OPERATOR(pg_catalog.<) 1
-                                 OR CURRENT_USER OPERATOR(pg_catalog.<>) %L::name
-                                 OR pg_catalog.current_setting('immu.writing', true) IS DISTINCT FROM %L)
-        EXECUTE FUNCTION immu.refuse_projection_change(%L)$t$, projection, owner, history::text, history::text);
+    EXECUTE format('CREATE OR REPLACE TRIGGER immu_projection BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s
+        FOR EACH STATEMENT EXECUTE FUNCTION immu.guard_projection(%L, %L)', projection, history::text, owner);
     EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER immu_projection', projection);
-    -- The same refusals per row, as constraint triggers: a role that was granted TRIGGER on a
-    -- table can replace its triggers (CREATE OR REPLACE TRIGGER), but not a constraint trigger.
+    -- The history's refusals again per row, as a constraint trigger: a role that was granted
+    -- TRIGGER on a table can replace its triggers (CREATE OR REPLACE TRIGGER), but not a
+    -- constraint trigger. (It fires on UPDATE and DELETE only: nothing on the write path.)
     EXECUTE format('DROP TRIGGER IF EXISTS immu_append_only_rows ON %s', history);
     EXECUTE format('CREATE CONSTRAINT TRIGGER immu_append_only_rows AFTER UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION immu.refuse_change()', history);
     EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER immu_append_only_rows', history);
+    -- The projection's row security (release 2's first form was a constraint trigger per row).
     EXECUTE format('DROP TRIGGER IF EXISTS immu_projection_rows ON %s', projection);
-    EXECUTE format($t$CREATE CONSTRAINT TRIGGER immu_projection_rows AFTER INSERT OR UPDATE OR DELETE ON %s
-        FOR EACH ROW WHEN (pg_catalog.pg_trigger_depth() OPERATOR(pg_catalog.<) 1
-                           OR CURRENT_USER OPERATOR(pg_catalog.<>) %L::name
-                           OR pg_catalog.current_setting('immu.writing', true) IS DISTINCT FROM %L)
-        EXECUTE FUNCTION immu.refuse_projection_change(%L)$t$, projection, owner, history::text, history::text);
-    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER immu_projection_rows', projection);
+    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY, NO FORCE ROW LEVEL SECURITY', projection);
+    FOR policy IN SELECT p.polname FROM pg_catalog.pg_policy p WHERE p.polrelid = projection LOOP
+        EXECUTE format('DROP POLICY %I ON %s', policy, projection);
+    END LOOP;
+    EXECUTE format('CREATE POLICY immu_read ON %s FOR SELECT USING (true)', projection);
+    EXECUTE format('CREATE POLICY immu_insert ON %1$s FOR INSERT WITH CHECK (immu.refuse_projection_write(%1$L, %2$L, %3$L))', projection, history, 'INSERT');
+    EXECUTE format('CREATE POLICY immu_update ON %1$s FOR UPDATE USING (true) WITH CHECK (immu.refuse_projection_write(%1$L, %2$L, %3$L))', projection, history, 'UPDATE');
+    EXECUTE format('CREATE POLICY immu_delete ON %1$s FOR DELETE USING (immu.refuse_projection_write(%1$L, %2$L, %3$L))', projection, history, 'DELETE');
     -- The insert trigger runs as the owner: nobody may attach it to a table of theirs.
     EXECUTE format('REVOKE ALL ON FUNCTION %s() FROM PUBLIC', check_fn);
     -- The anchor: TRUNCATE of either table fails for everyone but the owner (see the catalog).
@@ -965,6 +1031,7 @@ BEGIN
         -- owner's fill through while disabled.
         guards := ARRAY(SELECT t.tgname::text FROM pg_catalog.pg_trigger t
                         WHERE t.tgrelid = projection AND t.tgname IN ('immu_projection', 'immu_projection_rows'));
+        -- (Row security does not apply to the owner.)
         IF guards <> '{}' THEN
             EXECUTE format('ALTER TABLE %s %s', projection,
                            (SELECT string_agg(format('DISABLE TRIGGER %I', g), ', ') FROM unnest(guards) AS g));
@@ -1009,7 +1076,8 @@ BEGIN
            string_agg(format('%I = EXCLUDED.%I', c.name, c.name), ', ' ORDER BY c.attnum) FILTER (WHERE c.name <> 'entity_id')
       INTO cols, sets FROM immu.columns_of(history) c;
     PERFORM immu.refuse_foreign_code(history, projection);
-    EXECUTE format('ALTER TABLE %s DISABLE TRIGGER immu_projection, DISABLE TRIGGER immu_projection_rows', projection);
+    -- The owner's statements pass row security; only the guard trigger stops them.
+    EXECUTE format('ALTER TABLE %s DISABLE TRIGGER immu_projection', projection);
     EXECUTE format($t$INSERT INTO %1$s AS p (%2$s)
         SELECT DISTINCT ON (h.entity_id) %4$s FROM ONLY %3$s AS h ORDER BY h.entity_id, h.valid_from DESC, h.version DESC
         ON CONFLICT (entity_id) DO UPDATE SET %5$s
@@ -1023,7 +1091,7 @@ BEGIN
     EXECUTE format('DELETE FROM %1$s AS p WHERE NOT EXISTS (SELECT FROM ONLY %2$s AS h WHERE h.entity_id = p.entity_id)',
                    projection, history);
     GET DIAGNOSTICS removed = ROW_COUNT;
-    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER immu_projection, ENABLE ALWAYS TRIGGER immu_projection_rows', projection);
+    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER immu_projection', projection);
     RETURN changed + removed;
 END
 $fn$;

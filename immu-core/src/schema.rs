@@ -341,7 +341,7 @@ async fn check_on(table: &TableDef, conn: &mut sqlx::PgConnection) -> Result<()>
         let what = if schema { "are older than release 2" } else { "have not run" };
         differences.push(Difference::new(
             format!("immu's migrations {what} in this database"),
-            "run immu_core::MIGRATOR (or sqlx migrate run --source <immu>/migrations) before your migrations",
+            "run immu_core::MIGRATOR (or sqlx migrate run --config <immu>/immu-core/sqlx.toml --source <immu>/migrations) before your migrations",
         ));
     }
     if !exists {

@@ -274,12 +274,12 @@ async fn a_damaged_projection_is_rebuilt_from_history(db: Db) -> TestResult {
 
     // Damage it the only way there is: as the owner, with the refusal trigger disabled.
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "ALTER TABLE accounts_current DISABLE TRIGGER immu_projection, DISABLE TRIGGER immu_projection_rows;
+        "ALTER TABLE accounts_current DISABLE TRIGGER immu_projection;
          UPDATE accounts_current SET balance = -1, version = 1 WHERE entity_id = '{a}';
          DELETE FROM accounts_current WHERE entity_id = '{b}';
          INSERT INTO accounts_current (id, entity_id, version, valid_from, owner, balance)
              VALUES (gen_random_uuid(), gen_random_uuid(), 1, now(), 'ghost', 0);
-         ALTER TABLE accounts_current ENABLE ALWAYS TRIGGER immu_projection, ENABLE ALWAYS TRIGGER immu_projection_rows;",
+         ALTER TABLE accounts_current ENABLE ALWAYS TRIGGER immu_projection;",
         a = a.entity_id,
         b = b.entity_id,
     )))

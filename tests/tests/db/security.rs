@@ -23,6 +23,7 @@ immu_tests::tests![
     the_insert_trigger_cannot_be_borrowed,
     a_role_with_trigger_cannot_replace_immus_refusals,
     code_of_another_role_on_immus_tables_stops_immu,
+    the_projections_row_security_is_part_of_the_machinery,
 ];
 
 /// A role granted every privilege on every table of the schema (a common lazy setup).
@@ -469,9 +470,10 @@ async fn the_insert_trigger_cannot_be_borrowed(db: Db) -> TestResult {
 
 async fn a_role_with_trigger_cannot_replace_immus_refusals(db: Db) -> TestResult {
     // A role granted every privilege may replace a table's triggers (CREATE OR REPLACE TRIGGER
-    // needs only the TRIGGER privilege). immu's refusals hold anyway: the same refusals run as
-    // constraint triggers, which cannot be replaced, and TRUNCATE is stopped by a foreign key from
-    // an anchor table nobody else may touch.
+    // needs only the TRIGGER privilege). immu's refusals hold anyway: the history's run again as a
+    // constraint trigger, which cannot be replaced, the projection's as row security, which only
+    // the owner can change, and TRUNCATE is stopped by a foreign key from an anchor table nobody
+    // else may touch.
     let (_, at) = setup(&db).await?;
     let before = state(&db, at).await?;
     let mut lazy = lazy(&db).await?;
@@ -505,8 +507,11 @@ async fn a_role_with_trigger_cannot_replace_immus_refusals(db: Db) -> TestResult
     }
     for sql in [
         "CREATE OR REPLACE TRIGGER immu_append_only_rows AFTER INSERT ON accounts FOR EACH ROW EXECUTE FUNCTION immu.refuse_change()",
-        "CREATE OR REPLACE TRIGGER immu_projection_rows AFTER INSERT ON accounts_current FOR EACH ROW EXECUTE FUNCTION immu.refuse_change()",
         "DROP TRIGGER immu_append_only_rows ON accounts",
+        "ALTER TABLE accounts_current DISABLE ROW LEVEL SECURITY",
+        "DROP POLICY immu_update ON accounts_current",
+        "ALTER POLICY immu_update ON accounts_current WITH CHECK (true)",
+        "CREATE POLICY mine ON accounts_current FOR ALL USING (true) WITH CHECK (true)",
         "ALTER TABLE accounts DISABLE TRIGGER immu_append_only_rows",
     ] {
         sqlx::raw_sql(sql).execute(&mut lazy).await.expect_err(sql);
@@ -575,5 +580,56 @@ async fn code_of_another_role_on_immus_tables_stops_immu(db: Db) -> TestResult {
     assert!(err.to_string().contains("row-level security"), "{err}");
     let after = state(&db, at).await?;
     assert_eq!(after.as_of, state(&db, at).await?.as_of);
+    Ok(())
+}
+
+async fn the_projections_row_security_is_part_of_the_machinery(db: Db) -> TestResult {
+    // Row security keeps every role but the owner from writing the projection. The owner can turn
+    // it off or add a policy that lets others write: immu then refuses to write, and names it,
+    // until the sync puts immu's policies back (and drops the others).
+    let (ids, at) = setup(&db).await?;
+    let before = state(&db, at).await?;
+    for (sabotage, named) in [
+        (
+            "ALTER TABLE accounts_current DISABLE ROW LEVEL SECURITY",
+            "row security of public.accounts_current is disabled",
+        ),
+        (
+            "DROP POLICY immu_update ON accounts_current",
+            "policy immu_update on public.accounts_current is missing",
+        ),
+        (
+            "CREATE POLICY let_in ON accounts_current FOR UPDATE USING (true) WITH CHECK (true)",
+            "policy let_in on public.accounts_current is not immu's",
+        ),
+        (
+            "DROP POLICY immu_delete ON accounts_current; CREATE POLICY immu_delete ON accounts_current FOR ALL USING (true)",
+            "policy immu_delete on public.accounts_current is not as immu made it",
+        ),
+    ] {
+        sqlx::raw_sql(sabotage).execute(&db.owner).await?;
+        let err = Account::modify(&db.pool, ids[0], |a| a.balance += 1).await.expect_err(sabotage);
+        assert!(
+            matches!(&err, Error::SchemaDrift { differences, .. } if differences.iter().any(|d| d.description.starts_with(named))),
+            "{sabotage}: {err:?}"
+        );
+        assert_eq!(state(&db, at).await?, before, "{sabotage}: nothing written");
+        sqlx::raw_sql("SELECT immu.sync_versioning('accounts')").execute(&db.owner).await?;
+        let problems: i64 = sqlx::query_scalar("SELECT count(*) FROM immu.check_table('public.accounts')")
+            .fetch_one(&db.owner)
+            .await?;
+        assert_eq!(problems, 0, "{sabotage}: the sync restored immu's policies");
+    }
+    let policies: Vec<String> = sqlx::query_scalar(
+        "SELECT polname::text FROM pg_policy WHERE polrelid = 'accounts_current'::regclass ORDER BY 1",
+    )
+    .fetch_all(&db.owner)
+    .await?;
+    assert_eq!(policies, ["immu_delete", "immu_insert", "immu_read", "immu_update"]);
+    // And they hold again: a role granted every privilege still cannot write the projection.
+    let mut lazy = lazy(&db).await?;
+    let err = refused(&mut lazy, "UPDATE accounts_current SET balance = 0").await?;
+    assert!(matches!(&err, Error::AppendOnly { table, .. } if table == "accounts_current"), "{err:?}");
+    assert_eq!(state(&db, at).await?, before);
     Ok(())
 }
