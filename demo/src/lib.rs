@@ -1,6 +1,7 @@
-//! immu's demo: a small ledger (customers, accounts, transfers) that shows versions, as-of reads
-//! and lists, a join as of a past instant, history, delete/undelete, optimistic concurrency and
-//! the database refusing an `UPDATE`.
+//! immu's demo: a small ledger (customers, accounts, transfers, advisors) that shows versions,
+//! as-of reads and lists, a join as of a past instant, history, delete/undelete, optimistic
+//! concurrency, the database refusing an `UPDATE`, and an entity changing shape between two
+//! releases of the app.
 //!
 //! The test suite runs [`run`] end to end and checks the migrations in `demo/migrations/`
 //! against the DDL the derive generates.
@@ -51,6 +52,42 @@ pub struct Transfer {
     pub amount: i64,
 }
 
+/// A customer's advisor, as the first release of the app stored it: one `name` (shape 1).
+#[derive(Debug, Clone, PartialEq, Eq, Immutable, Serialize, Deserialize)]
+#[immu(table = "advisors")]
+pub struct AdvisorV1 {
+    /// Full name.
+    pub name: String,
+    /// The advised customer.
+    #[immu(references = Customer)]
+    pub customer_id: Uuid,
+}
+
+/// A customer's advisor since the second release: the name split in two (shape 2). Versions
+/// written by the first release are read as [`AdvisorV1`] and converted.
+#[derive(Debug, Clone, PartialEq, Eq, Immutable, Serialize, Deserialize)]
+#[immu(table = "advisors", shape = 2, upcast = AdvisorV1)]
+pub struct Advisor {
+    /// First name.
+    pub first_name: String,
+    /// Last name.
+    pub last_name: String,
+    /// The advised customer.
+    #[immu(references = Customer)]
+    pub customer_id: Uuid,
+}
+
+impl From<AdvisorV1> for Advisor {
+    fn from(old: AdvisorV1) -> Advisor {
+        let (first, last) = old.name.rsplit_once(' ').unwrap_or(("", &old.name));
+        Advisor { first_name: first.to_owned(), last_name: last.to_owned(), customer_id: old.customer_id }
+    }
+}
+
+/// The last migration of the demo app's first release; the story applies the second release's
+/// (`20261201000500_advisors_split_name.sql`) halfway.
+pub const FIRST_RELEASE: i64 = 20261123000400;
+
 /// The demo's migrations (`demo/migrations/`), run after [`immu_core::MIGRATOR`].
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -83,8 +120,12 @@ pub async fn transfer(
 /// Runs the demo on an empty database: migrates it, then tells the story to `out`.
 pub async fn run<W: Write + Send>(pool: &PgPool, out: &mut W) -> Result<(), Box<dyn std::error::Error>> {
     immu_core::MIGRATOR.run(pool).await?;
-    MIGRATOR.run(pool).await?;
-    say!(out, "Migrated: immu's trigger function and the versioned tables customers, accounts, transfers.");
+    MIGRATOR.run_to(FIRST_RELEASE, pool).await?;
+    immu_core::schema::check::<Customer>(pool).await?;
+    immu_core::schema::check::<Account>(pool).await?;
+    immu_core::schema::check::<Transfer>(pool).await?;
+    immu_core::schema::check::<AdvisorV1>(pool).await?;
+    say!(out, "Migrated: immu's schema, then the versioned tables customers, accounts, transfers, advisors.");
 
     section(out, "1. Open the ledger: every insert is version 1 of a new entity");
     let ada = Customer::insert(pool, Customer { name: "Ada".into(), city: "London".into() }).await?;
@@ -203,6 +244,33 @@ pub async fn run<W: Write + Send>(pool: &PgPool, out: &mut W) -> Result<(), Box<
     }
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts").fetch_one(pool).await?;
     say!(out, "  rows in accounts afterwards: {rows} (every version kept)");
+
+    section(out, "10. The app changes shape: an advisor's name is split in two");
+    let advisor =
+        AdvisorV1::insert(pool, AdvisorV1 { name: "Grace Hopper".into(), customer_id: ada.entity_id })
+            .await?;
+    AdvisorV1::modify(pool, advisor.entity_id, |a| a.name = "Grace B. Hopper".into()).await?;
+    say!(out, "  first release: advisor {:?}, 2 versions", "Grace B. Hopper");
+    // The second release's struct against the first release's table: the check says what to do.
+    if let Err(Error::SchemaDrift { differences, .. }) = immu_core::schema::check::<Advisor>(pool).await {
+        say!(out, "  check of the new struct before its migration:");
+        for d in &differences {
+            say!(out, "    {}", d.description);
+        }
+    }
+    MIGRATOR.run(pool).await?;
+    immu_core::schema::check::<Advisor>(pool).await?;
+    say!(out, "  migrated (ALTER TABLE advisors ... ; SELECT immu.sync_versioning('advisors')); check: ok");
+    let moved = Advisor::modify(pool, advisor.entity_id, |a| a.customer_id = bob.entity_id).await?;
+    say!(out, "  {:<7} {:<6} {:<12} {:<10}", "version", "shape", "first_name", "last_name");
+    for v in Advisor::history(pool, moved.entity_id).await? {
+        let shape: i32 = sqlx::query_scalar("SELECT immu_shape FROM advisors WHERE id = $1")
+            .bind(v.id)
+            .fetch_one(pool)
+            .await?;
+        say!(out, "  {:<7} {:<6} {:<12} {:<10}", v.version, shape, v.first_name, v.last_name);
+    }
+    say!(out, "  (versions of shape 1 stay as written, and are converted on read)");
     say!(out, "\nDone.");
     Ok(())
 }

@@ -1,7 +1,9 @@
 -- The differences between an entity's struct and its versioned table, for
 -- immu_core::schema::check. $1: the table (regclass). The struct's own columns: $2 names, $3 types
 -- as the struct declares them, $4 whether each is nullable (an Option), $5 the projection each
--- references (NULL: none). One row per difference: what differs, and the fix.
+-- references (NULL: none), $6 whether versions of older shapes are read by another struct (an
+-- upcast: the struct's new columns are NULL in them). One row per difference: what differs, and
+-- the fix.
 WITH
 target AS (
     SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS name
@@ -57,7 +59,7 @@ SELECT description, fix FROM (
     SELECT f.o, pg_catalog.format('column %I of %s is nullable, and its field is not an Option: reading a NULL would fail', f.name, (SELECT name FROM target)),
            pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL; (or make the field an Option)', (SELECT name FROM target), f.name)
     FROM fields f JOIN cols c ON c.name = f.name
-    WHERE NOT f.nullable AND NOT c.attnotnull
+    WHERE NOT f.nullable AND NOT c.attnotnull AND NOT $6::boolean
     UNION ALL
     SELECT 1000000 + c.attnum, pg_catalog.format('column %I of %s is NOT NULL without a default and the struct does not set it: inserts would fail', c.name, (SELECT name FROM target)),
            pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I DROP NOT NULL; (or SET DEFAULT ..., or add the field)', (SELECT name FROM target), c.name)

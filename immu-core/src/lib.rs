@@ -15,10 +15,11 @@
 //!     balance: i64,
 //! }
 //!
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn demo(your_migrations: &sqlx::migrate::Migrator) -> Result<(), Box<dyn std::error::Error>> {
 //! let pool = sqlx::PgPool::connect("postgres://localhost/app").await?;
 //! immu_core::MIGRATOR.run(&pool).await?; // immu's own objects (schema `immu`)
-//! // ... and your migration with the DDL of immu_core::schema::create_table::<Account>()
+//! your_migrations.run(&pool).await?;     // sqlx::migrate!(): CREATE TABLE accounts (...); SELECT immu.add_versioning('accounts');
+//! immu_core::schema::check::<Account>(&pool).await?; // the struct, the table and its machinery agree
 //!
 //! let v1: Versioned<Account> = Account::insert(&pool, Account { owner: "ada".into(), balance: 100 }).await?;
 //! let v2 = Account::modify(&pool, v1.entity_id, |a| a.balance -= 30).await?;
@@ -45,9 +46,24 @@
 //! | `version`    | `bigint`      | 1, 2, 3, ... without gaps, never repeated                      |
 //! | `valid_from` | `timestamptz` | when this version became current (database clock)              |
 //! | `deleted_at` | `timestamptz` | set only on a tombstone, the version a delete appends          |
+//! | `immu_shape` | `integer`     | the shape of the struct that wrote it (`#[immu(shape)]`)       |
 //! | your fields  | mapped        | see [`ColumnType`], `#[immu(json)]`, `#[immu(sql_type)]`        |
 //!
-//! Reads return [`Versioned<T>`]: the metadata plus your struct, which it derefs to.
+//! Reads return [`Versioned<T>`]: the metadata plus your struct, which it derefs to. The table
+//! `<table>_current` (the projection) holds each entity's latest version, kept in step by the
+//! database, so that current reads cost what a plain table's do.
+//!
+//! ## Tables and their machinery
+//!
+//! A versioned table comes from a migration of yours: your columns and constraints, then
+//! `SELECT immu.add_versioning('accounts');`, which adds immu's columns, the projection and the
+//! *machinery*: the insert trigger that checks every version, the refusals of `UPDATE`,
+//! `DELETE` and `TRUNCATE`, and the routines the write path calls, all generated inside
+//! PostgreSQL from the table's columns. [`schema::create_table`] prints that migration for a
+//! struct. After a migration changes the table's columns, `SELECT immu.sync_versioning('accounts');`
+//! in the same migration regenerates the machinery; immu's own migrations upgrade it between
+//! releases. Until then, writes fail with [`Error::SchemaDrift`] instead of writing anything, and
+//! [`schema::check`] lists every difference with the SQL that fixes it.
 //!
 //! ## The derive
 //!
@@ -55,29 +71,45 @@
 //! |---------------------------------------|--------|--------------------------------------------------|
 //! | `#[immu(table = "accounts")]`         | struct | table name (default: the struct name in snake_case) |
 //! | `#[immu(crate = "path")]`             | struct | path to `immu_core` if you renamed it             |
+//! | `#[immu(shape = 2, upcast = Older)]`  | struct | this struct's shape; versions of older shapes are read as `Older` and converted with `From` |
 //! | `#[immu(rename = "col")]`             | field  | column name (default: the field name)            |
 //! | `#[immu(json)]`                       | field  | stored as `jsonb` through serde                   |
 //! | `#[immu(sql_type = "numeric(12,2)")]` | field  | column type in the generated DDL                 |
+//! | `#[immu(references = Customer)]`      | field  | the `entity_id` of another entity; a foreign key  |
 //!
 //! It refuses, at compile time: enums, tuple and unit structs, generics, unknown attribute keys,
-//! invalid identifiers and fields whose column would collide with a reserved column.
+//! invalid identifiers, fields whose column would collide with a reserved column or use the
+//! reserved prefix `immu_`, and an `upcast` from a type of another table.
 //!
 //! ## Writes, locking and time
 //!
 //! Writes to an existing entity take `pg_advisory_xact_lock(`[`lock_key`]`(table, entity))`,
-//! then read the latest version in a new statement, then append; see [`Immutable`] for the
-//! methods and their errors. `valid_from` comes from the database clock after the lock:
-//! `GREATEST(clock_timestamp(), previous.valid_from)`, so versions never go back in time.
-//! Writes accept a pool, a connection or your own transaction (they use a savepoint in it).
+//! then read the latest version, then append, in one call of the table's write routine; see
+//! [`Immutable`] for the methods and their errors. The database stamps `valid_from` with its
+//! clock when the version is inserted, never before the previous version's, so versions never go
+//! back in time. Writes accept a pool, a connection or your own transaction (they use a savepoint
+//! in it). A write whose outcome cannot be known (a connection lost while it committed) is looked
+//! up by its version row id and reported as written, or as [`Error::OutcomeUnknown`]; a retry
+//! with the same id never stores it twice.
 //!
 //! ## Errors
 //!
-//! Every failure is an [`Error`] variant: [`NotFound`](Error::NotFound),
-//! [`Deleted`](Error::Deleted), [`NotDeleted`](Error::NotDeleted),
-//! [`VersionConflict`](Error::VersionConflict), [`AppendOnly`](Error::AppendOnly) (the
-//! database refused an in-place change), [`InvalidIdentifier`](Error::InvalidIdentifier),
-//! [`MissingTable`](Error::MissingTable) and [`Database`](Error::Database). A failed call writes
-//! nothing.
+//! Every failure is an [`Error`] variant, and a failed call wrote nothing, except
+//! [`OutcomeUnknown`](Error::OutcomeUnknown), which says it cannot know:
+//!
+//! * what the entity's state refuses: [`NotFound`](Error::NotFound), [`Deleted`](Error::Deleted),
+//!   [`NotDeleted`](Error::NotDeleted), [`VersionConflict`](Error::VersionConflict);
+//! * what the database refuses: [`AppendOnly`](Error::AppendOnly) (an in-place change),
+//!   [`InvalidHistory`](Error::InvalidHistory) (a raw insert breaking the rules),
+//!   [`InvalidValue`](Error::InvalidValue), [`UnknownReference`](Error::UnknownReference),
+//!   [`PermissionDenied`](Error::PermissionDenied);
+//! * what the setup refuses: [`MissingTable`](Error::MissingTable),
+//!   [`UnknownColumn`](Error::UnknownColumn), [`SchemaDrift`](Error::SchemaDrift),
+//!   [`UnsafeSetup`](Error::UnsafeSetup), [`MachineryMismatch`](Error::MachineryMismatch),
+//!   [`InvalidIdentifier`](Error::InvalidIdentifier);
+//! * what interrupted it: [`LockTimeout`](Error::LockTimeout), [`Canceled`](Error::Canceled),
+//!   [`SerializationFailure`](Error::SerializationFailure), [`OutcomeUnknown`](Error::OutcomeUnknown);
+//! * anything else: [`Database`](Error::Database).
 #![forbid(unsafe_code)]
 
 mod column;
@@ -114,12 +146,16 @@ pub use sea_query;
 #[cfg(feature = "derive")]
 pub use immu_derive::Immutable;
 
-/// immu's own migrations (`migrations/` at the repository root): the `immu` schema and the
-/// trigger function that makes versioned tables append-only.
+/// immu's own migrations (`migrations/` at the repository root): the `immu` schema, its catalog
+/// of versioned tables and the functions that generate, check and upgrade each table's machinery.
+/// Each release's last migration upgrades the machinery of every versioned table to it.
 ///
 /// Run it before the migrations that create your versioned tables. It records what it applied in
 /// `immu._migrations`, apart from your application's `_sqlx_migrations`, so the two migrators
 /// never see each other's entries.
+///
+/// With the sqlx CLI instead: `sqlx migrate run --config <immu>/immu-core/sqlx.toml --source
+/// <immu>/migrations` (the configuration names immu's table), then `sqlx migrate run` for yours.
 ///
 /// ```no_run
 /// /// At startup: immu's objects first, then your migrations (for example `sqlx::migrate!()`).

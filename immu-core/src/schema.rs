@@ -291,7 +291,8 @@ impl std::fmt::Display for Difference {
 ///   `immu.sync_versioning`), immu's triggers are missing or disabled, or another role may create
 ///   triggers on it;
 /// * a field has no column, or a column of another type, or the column is nullable and the field
-///   is not an `Option`;
+///   is not an `Option` (accepted for a struct with `#[immu(upcast)]`: its new columns are NULL in
+///   the versions of older shapes, which the older struct reads);
 /// * a column the struct does not name is `NOT NULL` without a default (inserts would fail);
 /// * a `#[immu(references = ...)]` field has no foreign key to the referenced projection, or a
 ///   column has a foreign key the struct does not declare.
@@ -386,6 +387,7 @@ async fn check_on(table: &TableDef, conn: &mut sqlx::PgConnection) -> Result<()>
             .bind(&types)
             .bind(&nullable)
             .bind(&references)
+            .bind(table.upcast.is_some())
             .fetch_all(&mut *conn)
             .await?;
         differences.extend(rows.into_iter().map(|(description, fix)| Difference { description, fix }));

@@ -52,7 +52,8 @@ use syn::{DeriveInput, parse_macro_input};
 /// ```
 ///
 /// Every field is one column, in field order, after the columns immu adds to every versioned
-/// table (`id`, `entity_id`, `version`, `valid_from`, `deleted_at`). A field's column type comes
+/// table (`id`, `entity_id`, `version`, `valid_from`, `deleted_at`, `immu_shape`; every name
+/// starting with `immu_` is reserved). A field's column type comes
 /// from `immu_core::ColumnType`, implemented for the types sqlx supports out of the box
 /// (`Option<T>` is the nullable column of `T`); for any other type, use `sql_type` or `json`.
 ///
@@ -65,6 +66,8 @@ use syn::{DeriveInput, parse_macro_input};
 /// | `#[immu(rename = "col")]`             | field  | column name; default: the field name (`r#type` → `type`)          |
 /// | `#[immu(json)]`                       | field  | stored as `jsonb` through serde (`sqlx::types::Json`); the type must be `Serialize` and `Deserialize`; an `Option` is stored as JSON `null`, so the column is `NOT NULL` |
 /// | `#[immu(sql_type = "numeric(12,2)")]` | field  | column type in the generated DDL, for types without `ColumnType` (your `#[derive(sqlx::Type)]` enums, decimals, ...); nullable if the field is written `Option<..>`. With `json`, replaces `jsonb` (e.g. `"json"`) |
+/// | `#[immu(shape = 2)]`                  | struct | the shape of the struct, recorded in every version it writes (`immu_shape`); default 1. Raise it when the struct changes in a way old versions cannot be read as (see `upcast`) |
+/// | `#[immu(upcast = PersonV1)]`          | struct | versions of an older shape are read as that entity type (same table, older `shape`) and converted with `From<PersonV1>`; needs `shape` |
 /// | `#[immu(references = Customer)]`      | field  | the field holds the `entity_id` of another entity (a `uuid::Uuid`, or `Option<Uuid>` for an optional reference): `ColumnDef::references` names its table, and the DDL adds a foreign key. The value is the entity's type, not a string: `Customer`, `crate::crm::Customer`, or `Self` for the entity itself (a tree). Not with `json` |
 ///
 /// Attributes can be combined in one `#[immu(...)]` or spread over several.

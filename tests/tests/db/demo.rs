@@ -22,6 +22,10 @@ async fn demo_runs_end_to_end(db: Db) -> TestResult {
         r#"ERROR: UPDATE on "accounts" refused: the table is append-only"#,
         r#"ERROR: UPDATE on "accounts_current" refused: the table is maintained by immu"#,
         "rows in accounts afterwards: 9",
+        "column first_name",
+        "check: ok",
+        "  2       1      Grace B.     Hopper",
+        "  3       2      Grace B.     Hopper",
     ] {
         assert!(story.contains(expected), "{expected:?} missing from the demo's output:\n{story}");
     }

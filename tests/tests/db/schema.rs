@@ -38,6 +38,7 @@ async fn migrations_match_the_generated_ddl(_db: Db) -> TestResult {
     assert_migration("../demo/migrations", "customers", create_table::<immu_demo::Customer>()?);
     assert_migration("../demo/migrations", "accounts", create_table::<immu_demo::Account>()?);
     assert_migration("../demo/migrations", "transfers", create_table::<immu_demo::Transfer>()?);
+    assert_migration("../demo/migrations", "advisors", create_table::<immu_demo::AdvisorV1>()?);
     Ok(())
 }
 
