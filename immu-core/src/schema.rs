@@ -260,7 +260,7 @@ pub fn rebuild_projection_for(table: &TableDef) -> Result<String> {
 
 /// One way in which a versioned table differs from what immu or the entity's struct needs, and
 /// the SQL (or the change to the struct) that fixes it. See [`check`] and
-/// [`Error::SchemaDrift`](crate::Error::SchemaDrift).
+/// [`Error::SchemaDrift`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Difference {
     /// What differs.

@@ -45,7 +45,7 @@ pub const APP_ROLE: &str = "immu_test_app";
 
 /// A fresh database for one test.
 ///
-/// [`pool`](Self::pool), [`connect`](Self::connect) and [`pool_of`](Self::pool_of) act as the
+/// [`pool`](Self::pool) (the field, and the method for a pool of another size) and [`connect`](Self::connect) act as the
 /// application role [`APP_ROLE`], as an application would; [`owner`](Self::owner) and
 /// [`connect_owner`](Self::connect_owner) as the tables' owner, for what only the owner may do
 /// (raw `UPDATE`s to see the triggers refuse them, `ALTER TABLE`, ...).
