@@ -139,6 +139,32 @@ CREATE FUNCTION immu.is_permanent_table(rel regclass) RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 RETURN coalesce((SELECT c.relkind = 'r' AND c.relpersistence = 'p' FROM pg_catalog.pg_class c WHERE c.oid = rel), false);
 
+-- The transactions importing history into a table (immu.begin_import): one row per table and
+-- transaction. The row of a transaction in progress is visible to that transaction alone; once it
+-- ends the row matches no transaction again (transaction ids are never reused), and the next
+-- begin_import of the table removes it. Only a table's owner may add a row, and only for its own
+-- transaction: setting immu.importing alone, which anyone may, imports nothing.
+CREATE TABLE immu.imports (
+    table_name  regclass NOT NULL,
+    transaction xid8     NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    PRIMARY KEY (table_name, transaction)
+);
+COMMENT ON TABLE immu.imports IS 'immu: transactions importing history (immu.begin_import)';
+ALTER TABLE immu.imports ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owners ON immu.imports FOR ALL USING (immu.owns(table_name))
+    WITH CHECK (immu.owns(table_name) AND transaction OPERATOR(pg_catalog.=) pg_catalog.pg_current_xact_id());
+GRANT SELECT, INSERT, DELETE ON immu.imports TO PUBLIC;
+
+-- Whether this transaction imports history into `history` (see immu.imports). PL/pgSQL, so that
+-- the insert trigger calls it as a plain function, and only in an import.
+CREATE FUNCTION immu.importing(history regclass) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    RETURN EXISTS (SELECT FROM immu.imports i
+                   WHERE i.table_name = history AND i.transaction = pg_catalog.pg_current_xact_id());
+END
+$fn$;
+
 -- Everyone reads the catalog (the drift check does, as the application); each role writes only the
 -- rows of the tables it owns.
 ALTER TABLE immu.versioned_tables ENABLE ROW LEVEL SECURITY;
@@ -254,17 +280,26 @@ BEGIN
         FROM (VALUES (history, history_shape), (projection, projection_shape)) AS x (rel, shape)
         WHERE immu.live_shape(x.rel) IS DISTINCT FROM x.shape
           AND NOT EXISTS (SELECT FROM immu.shape_differences(x.rel, x.shape, immu.live_shape(x.rel)));
+    -- immu's triggers: each present, enabled ALWAYS, and as immu made it (events, level, function,
+    -- arguments, no WHEN clause; the history's row refusal a constraint trigger).
     RETURN QUERY
         SELECT 'IMMU3', format('trigger %I on %s is %s', x.name, x.rel,
-                   CASE WHEN t.tgenabled IS NULL THEN 'missing' WHEN t.tgenabled <> 'A' THEN 'not enabled ALWAYS' ELSE 'not immu''s' END),
+                   CASE WHEN t.tgenabled IS NULL THEN 'missing' WHEN t.tgenabled <> 'A' THEN 'not enabled ALWAYS' ELSE 'not as immu made it' END),
                sync
-        FROM (VALUES (history, 'immu_append_only', 'immu.refuse_change'),
-                     (history, 'immu_append_only_rows', 'immu.refuse_change'),
-                     (history, 'immu_check_insert', NULL),
-                     (projection, 'immu_projection', 'immu.guard_projection')) AS x (rel, name, fn)
+        FROM (VALUES (history, 'immu_append_only', 'immu.refuse_change', 58, ''::bytea, false),
+                     (history, 'immu_append_only_rows', 'immu.refuse_change', 25, ''::bytea, true),
+                     (history, 'immu_check_insert', immu.routine_name(history, 'check'), 7, ''::bytea, false),
+                     (projection, 'immu_projection', 'immu.guard_projection', 62,
+                      pg_catalog.convert_to(history::text, 'UTF8') || '\x00'::bytea
+                        || pg_catalog.convert_to(pg_catalog.pg_get_userbyid(owner), 'UTF8') || '\x00'::bytea, false))
+             AS x (rel, name, fn, tgtype, args, is_constraint)
         LEFT JOIN pg_catalog.pg_trigger t ON t.tgrelid = x.rel AND t.tgname = x.name
         WHERE t.tgenabled IS DISTINCT FROM 'A'
-           OR (x.fn IS NOT NULL AND t.tgfoid::regproc::text <> x.fn);
+           OR t.tgfoid::regproc::text <> x.fn
+           OR t.tgtype <> x.tgtype
+           OR t.tgargs <> x.args
+           OR t.tgqual IS NOT NULL
+           OR (t.tgconstraint <> 0) <> x.is_constraint;
     -- Roles other than the owner (and its members, and superusers) that may create triggers: the
     -- privilege is read through has_table_privilege, which sees a GRANT committed after this
     -- transaction's snapshot.
@@ -288,7 +323,9 @@ BEGIN
           AND ((t.tgrelid = projection AND t.tgname <> 'immu_projection')
                OR (t.tgrelid = history AND t.tgname NOT IN ('immu_append_only', 'immu_append_only_rows', 'immu_check_insert')
                    AND (t.tgtype & 64 = 64 OR t.tgtype & 3 = 3
-                        OR NOT pg_catalog.pg_has_role(f.proowner, owner, 'MEMBER')
+                        OR NOT (f.proowner = owner
+                                OR (pg_catalog.pg_has_role(f.proowner, owner, 'MEMBER')
+                                    AND NOT (SELECT ro.rolsuper FROM pg_catalog.pg_roles ro WHERE ro.oid = f.proowner)))
                         OR f.pronamespace = pg_catalog.pg_my_temp_schema())));
     -- The projection's row security: enabled, with immu's four policies and no other (policies
     -- that permit are combined with OR: one more could let other roles write). Only the owner can
@@ -297,13 +334,23 @@ BEGIN
         SELECT 'IMMU3', format('row security of %s is disabled: roles granted writes on it could change it', projection), sync
         FROM pg_catalog.pg_class c WHERE c.oid = projection AND NOT c.relrowsecurity;
     RETURN QUERY
+        SELECT 'IMMU3', format('row security of %s is forced: it would refuse the owner''s trigger too', projection), sync
+        FROM pg_catalog.pg_class c WHERE c.oid = projection AND c.relforcerowsecurity;
+    RETURN QUERY
         SELECT 'IMMU3', format('policy %I on %s is %s', coalesce(x.name, p.polname), projection,
                                CASE WHEN p.polname IS NULL THEN 'missing' WHEN x.name IS NULL THEN 'not immu''s' ELSE 'not as immu made it' END),
                sync
-        FROM (SELECT p.polname, p.polcmd, p.polpermissive, p.polroles FROM pg_catalog.pg_policy p WHERE p.polrelid = projection) AS p
-        FULL JOIN (VALUES ('immu_read'::name, 'r'::"char"), ('immu_insert', 'a'), ('immu_update', 'w'), ('immu_delete', 'd')) AS x (name, cmd)
+        FROM (SELECT p.polname, p.polcmd, p.polpermissive, p.polroles,
+                     pg_catalog.pg_get_expr(p.polqual, p.polrelid) AS qual,
+                     pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) AS with_check
+              FROM pg_catalog.pg_policy p WHERE p.polrelid = projection) AS p
+        FULL JOIN (VALUES ('immu_read'::name, 'r'::"char", 'true', NULL),
+                          ('immu_insert', 'a', NULL, format('immu.refuse_projection_write(%L::regclass, %L::regclass, %L::text)', projection::text, history::text, 'INSERT')),
+                          ('immu_update', 'w', 'true', format('immu.refuse_projection_write(%L::regclass, %L::regclass, %L::text)', projection::text, history::text, 'UPDATE')),
+                          ('immu_delete', 'd', format('immu.refuse_projection_write(%L::regclass, %L::regclass, %L::text)', projection::text, history::text, 'DELETE'), NULL)) AS x (name, cmd, qual, with_check)
           ON x.name = p.polname
-        WHERE p.polname IS NULL OR x.name IS NULL OR p.polcmd <> x.cmd OR NOT p.polpermissive OR p.polroles <> '{0}';
+        WHERE p.polname IS NULL OR x.name IS NULL OR p.polcmd <> x.cmd OR NOT p.polpermissive OR p.polroles <> '{0}'
+           OR p.qual IS DISTINCT FROM x.qual OR p.with_check IS DISTINCT FROM x.with_check;
     RETURN QUERY
         SELECT 'IMMU4', format('rule %I on %s could change what immu writes', rw.rulename, rw.ev_class::regclass),
                format('DROP RULE %I ON %s;', rw.rulename, rw.ev_class::regclass)
@@ -354,7 +401,7 @@ BEGIN
             DETAIL = array_to_string(problems, E'\n'),
             HINT = CASE code
                 WHEN 'IMMU3' THEN 'Regenerate the machinery as the table''s owner (after a change of its columns, in the same migration): ' || array_to_string(fixes, ' ')
-                ELSE 'A trigger on an immu table runs inside immu''s trigger, as the table''s owner; only the owner may create them: ' || array_to_string(fixes, ' ') END;
+                ELSE 'A trigger on an immu table runs inside immu''s trigger, as the table''s owner; only the owner may create them. As the owner, in one transaction (a transaction already running could still use a trigger that outlives the REVOKE): BEGIN; ' || array_to_string(fixes, ' ') || ' COMMIT;' END;
     END LOOP;
     RETURN true;
 END
@@ -484,6 +531,7 @@ BEGIN
             WHERE c.entity_id = NEW.entity_id AND c.version = NEW.version - 1
               AND CASE WHEN c.deleted_at IS NULL THEN NEW.deleted_at IS NULL OR %4$s
                        ELSE NEW.deleted_at IS NULL AND %4$s END
+              AND (NOT immu_importing OR c.valid_from <= immu_stamp)
             RETURNING c.valid_from, c.deleted_at INTO immu_valid_from, immu_deleted_at;
             immu_done := FOUND;
             PERFORM pg_catalog.set_config('immu.writing', '', true);$t$,
@@ -504,6 +552,7 @@ DECLARE
     immu_done boolean;
     immu_valid_from timestamptz;
     immu_deleted_at timestamptz;
+    immu_importing boolean;
 BEGIN
     -- It runs as the table's owner: only ever as the insert trigger of its own history.
     IF TG_RELID <> %2$L::regclass::oid OR TG_OP <> 'INSERT' OR TG_WHEN <> 'BEFORE' OR TG_LEVEL <> 'ROW' THEN
@@ -520,6 +569,18 @@ BEGIN
             USING ERRCODE = 'IMMU2', SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'version';
     END IF;
     immu_stamp := pg_catalog.clock_timestamp();
+    -- An import (immu.begin_import, in this transaction) keeps each version's own valid_from: not
+    -- in the future, not before the entity's previous version. Anyone else's is the clock.
+    immu_importing := NEW.valid_from IS NOT NULL
+        AND pg_catalog.current_setting('immu.importing', true) = %10$L
+        AND immu.importing(%2$L::regclass);
+    IF immu_importing THEN
+        IF NOT NEW.valid_from <= immu_stamp THEN
+            RAISE EXCEPTION 'imported version %% of entity %% is valid from %%, which is in the future', NEW.version, NEW.entity_id, NEW.valid_from
+                USING ERRCODE = 'IMMU2', SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'valid_from';
+        END IF;
+        immu_stamp := NEW.valid_from;
+    END IF;
     IF NEW.version = 1 THEN
         IF NEW.deleted_at IS NOT NULL THEN
             RAISE EXCEPTION 'version 1 of entity %% is a tombstone: an entity is created live', NEW.entity_id
@@ -558,10 +619,13 @@ BEGIN
     END IF;
 
     -- Refused: say why, from the entity's latest version.
-    SELECT c.version, c.deleted_at, %9$s AS same_data INTO immu_latest FROM %3$s AS c WHERE c.entity_id = NEW.entity_id;
+    SELECT c.version, c.valid_from, c.deleted_at, %9$s AS same_data INTO immu_latest FROM %3$s AS c WHERE c.entity_id = NEW.entity_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'version %% of entity %% would skip or repeat a version: the entity does not exist, its first version is 1', NEW.version, NEW.entity_id
             USING ERRCODE = 'IMMU2', SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'version';
+    ELSIF immu_importing AND NEW.version = immu_latest.version + 1 AND immu_latest.valid_from > immu_stamp THEN
+        RAISE EXCEPTION 'imported version %% of entity %% is valid from %%, before its version %% (valid from %%): import each entity''s versions in order', NEW.version, NEW.entity_id, immu_stamp, immu_latest.version, immu_latest.valid_from
+            USING ERRCODE = 'IMMU2', SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'valid_from';
     ELSIF NEW.version <> immu_latest.version + 1 THEN
         RAISE EXCEPTION USING
             MESSAGE = pg_catalog.format('version %%s of entity %%s would skip or repeat a version: its latest version is %%s%%s', NEW.version, NEW.entity_id, immu_latest.version,
@@ -794,6 +858,11 @@ $t$, commit_proc, proc_params, write_fn, arg_list, into_list, immu.release());
     -- The anchor: TRUNCATE of either table fails for everyone but the owner (see the catalog).
     anchor_table := entry.anchor;
     IF anchor_table IS NULL THEN
+        IF NOT pg_catalog.has_schema_privilege('immu', 'CREATE') THEN
+            RAISE EXCEPTION 'the owner of % needs the CREATE privilege on schema immu, for the table''s anchor', history
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = format('Run immu''s migrations as the owner of the versioned tables, or: GRANT CREATE ON SCHEMA immu TO %I;', owner);
+        END IF;
         IF pg_catalog.to_regclass(format('immu.%I', 'anchor_' || history::oid)) IS NULL THEN
             EXECUTE format('CREATE TABLE %s (entity_id uuid, valid_from timestamptz, version bigint)', format('immu.%I', 'anchor_' || history::oid));
         END IF;
@@ -1100,12 +1169,13 @@ $fn$;
 -- entities): versions with their own valid_from, which the insert trigger would replace with the
 -- clock. As the table's owner, in one transaction:
 --
---     SELECT immu.begin_import('accounts');   -- takes the table for the transaction, lets raw rows in as written
---     INSERT INTO accounts (...) SELECT ...;   -- or COPY
---     SELECT immu.finish_import('accounts');  -- checks every rule on the whole history, rebuilds the projection
+--     SELECT immu.begin_import('accounts');   -- this transaction's inserts keep their valid_from
+--     INSERT INTO accounts (...) SELECT ... ORDER BY valid_from;   -- or COPY, each entity's versions in order
+--     SELECT immu.finish_import('accounts');  -- optional: the transaction's end ends it too
 --
--- finish_import refuses (IMMU2, and the transaction with it) a history that breaks any rule
--- immu.check_history checks; nothing of the import is then kept.
+-- Every imported version passes every check a write does (the next version number, the
+-- tombstone state machine, the projection moved under its row's lock); its valid_from must not be
+-- in the future nor before the entity's previous version. A refusal (IMMU2) fails the statement.
 CREATE FUNCTION immu.begin_import(history regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
@@ -1113,34 +1183,23 @@ BEGIN
     IF NOT EXISTS (SELECT FROM immu.versioned_tables v WHERE v.table_name = history) THEN
         RAISE EXCEPTION '% is not a versioned table', history USING ERRCODE = 'undefined_object';
     END IF;
-    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', history);
-    EXECUTE format('ALTER TABLE %s DISABLE TRIGGER immu_check_insert', history);
+    -- Rows of imports that ended without finish_import match no transaction: remove them.
+    DELETE FROM immu.imports i WHERE i.table_name = history AND i.transaction <> pg_catalog.pg_current_xact_id();
+    INSERT INTO immu.imports (table_name) VALUES (history) ON CONFLICT DO NOTHING;
     PERFORM pg_catalog.set_config('immu.importing', history::text, true);
 END
 $fn$;
 
-CREATE FUNCTION immu.finish_import(history regclass) RETURNS bigint
+CREATE FUNCTION immu.finish_import(history regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
-DECLARE
-    problems text[];
-    rebuilt bigint;
 BEGIN
     PERFORM immu.require_owner(history);
-    IF pg_catalog.current_setting('immu.importing', true) IS DISTINCT FROM history::text THEN
+    DELETE FROM immu.imports i WHERE i.table_name = history AND i.transaction = pg_catalog.pg_current_xact_id();
+    IF NOT FOUND THEN
         RAISE EXCEPTION 'no import of % was begun in this transaction', history
             USING ERRCODE = 'object_not_in_prerequisite_state', HINT = format('SELECT immu.begin_import(%L);', history::text);
     END IF;
-    SELECT array_agg(format('entity %s, version %s: %s', c.entity_id, c.version, c.problem))
-      INTO problems FROM (SELECT * FROM immu.check_history(history) LIMIT 20) c;
-    IF problems IS NOT NULL THEN
-        RAISE EXCEPTION '%: the imported history breaks immu''s rules', history
-            USING ERRCODE = 'IMMU2', TABLE = (SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = history),
-                  DETAIL = array_to_string(problems, E'\n');
-    END IF;
-    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER immu_check_insert', history);
-    rebuilt := immu.rebuild_projection(history);
     PERFORM pg_catalog.set_config('immu.importing', '', true);
-    RETURN rebuilt;
 END
 $fn$;
 

@@ -176,8 +176,8 @@ async fn public_tables(conn: &mut PgConnection) -> Result<BTreeSet<String>, BoxE
 
 /// Fills immu's table with a history that already happened, in one `INSERT ... SELECT` ordered by
 /// `valid_from`, between `immu.begin_import` and `immu.finish_import` (the owner's import: the
-/// versions keep their own `valid_from`, every rule is checked on the whole history afterwards,
-/// and the projection `accounts_current` is built from it).
+/// versions keep their own `valid_from`, and the insert trigger checks each one and keeps the
+/// projection `accounts_current` in step, as for any write).
 ///
 /// Entity `i` is created at a random instant in `[t0, t0 + 15 days)` and changes every `gap_i`
 /// (random, up to `15 days / (versions - 1)`), so versions of different entities interleave on

@@ -241,13 +241,15 @@ pub enum Error {
     /// immu refused to write because a role other than the table's owner could run code inside
     /// its machinery: it may create triggers on the table or its projection (the TRIGGER
     /// privilege, often granted by `GRANT ALL`), or a trigger that is not immu's could change the
-    /// rows immu writes (SQLSTATE `IMMU4`). `problems` says what, with the SQL that fixes each.
-    #[error("{table}: immu refuses to write: {}", problems.join("; "))]
+    /// rows immu writes (SQLSTATE `IMMU4`). `problems` says what, `fix` the SQL that fixes it all.
+    #[error("{table}: immu refuses to write: {}. {fix}", problems.join("; "))]
     UnsafeSetup {
         /// The versioned table.
         table: String,
-        /// What is unsafe, each with its fix.
+        /// What is unsafe, one line each.
         problems: Vec<String>,
+        /// What to do about it: the statements to run as the table's owner.
+        fix: String,
     },
 
     /// A write routine immu generates for the table does not exist with the arguments immu
@@ -354,7 +356,8 @@ impl From<sqlx::Error> for Error {
                         .lines()
                         .map(str::to_owned)
                         .collect();
-                    return Error::UnsafeSetup { table, problems };
+                    let fix = pg.and_then(|e| e.hint()).unwrap_or_default().to_owned();
+                    return Error::UnsafeSetup { table, problems, fix };
                 }
                 Some("57014") => return Error::Canceled { message: db.message().to_owned() },
                 Some(code @ ("40001" | "40P01")) => {

@@ -1,8 +1,9 @@
 //! Importing history that already happened (`immu.begin_import` / `immu.finish_import`): versions
-//! keep their own instants, a history that breaks a rule is refused whole, the application cannot
-//! import, and an import left unfinished stops writes instead of letting unchecked rows stand.
+//! keep their own instants and pass every other check of a write, a version that breaks a rule is
+//! refused, the application cannot import (setting `immu.importing` by hand does nothing), and an
+//! import ends with its transaction, finished or not.
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Datelike, TimeZone, Utc};
 use immu_core::{Error, Immutable};
 use immu_tests::harness::{Db, TestResult};
 use immu_tests::models::Account;
@@ -12,7 +13,7 @@ immu_tests::tests![
     an_import_keeps_its_own_instants,
     an_import_that_breaks_a_rule_keeps_nothing,
     the_application_cannot_import,
-    an_unfinished_import_stops_writes,
+    an_import_ends_with_its_transaction,
 ];
 
 fn instant(year: i32) -> DateTime<Utc> {
@@ -88,16 +89,30 @@ async fn an_import_keeps_its_own_instants(db: Db) -> TestResult {
 async fn an_import_that_breaks_a_rule_keeps_nothing(db: Db) -> TestResult {
     let existing = Account::insert(&db.pool, Account::new("existing", 1)).await?;
     let (a, b) = (Uuid::from_u128(rand_id()), Uuid::from_u128(rand_id()));
-    for (what, rows) in [
-        ("a skipped version", versions(a, &[(1, 2019, false, 1), (3, 2020, false, 3)])),
-        ("time running backwards", versions(a, &[(1, 2020, false, 1), (2, 2019, false, 2)])),
-        ("no version 1", versions(b, &[(2, 2019, false, 2)])),
-        ("a second version 1 of an existing entity", versions(existing.entity_id, &[(1, 2019, false, 9)])),
+    let future = Utc::now().year() + 1;
+    for (what, rows, says) in [
+        ("a skipped version", versions(a, &[(1, 2019, false, 1), (3, 2020, false, 3)]), "skip or repeat"),
+        (
+            "time running backwards",
+            versions(a, &[(1, 2020, false, 1), (2, 2019, false, 2)]),
+            "import each entity's versions in order",
+        ),
+        ("no version 1", versions(b, &[(2, 2019, false, 2)]), "does not exist"),
+        (
+            "a second version 1 of an existing entity",
+            versions(existing.entity_id, &[(1, 2019, false, 9)]),
+            "skip or repeat",
+        ),
+        ("a version in the future", versions(a, &[(1, future, false, 1)]), "in the future"),
+        (
+            "a tombstone carrying other data",
+            versions(a, &[(1, 2019, false, 1), (2, 2020, true, 2)]),
+            "must carry the data",
+        ),
     ] {
         let err = import(&db, &rows).await.map_err(Error::from).expect_err(what);
         assert!(
-            matches!(&err, Error::InvalidHistory { table, .. } if table == "accounts")
-                || matches!(&err, Error::Database(_)),
+            matches!(&err, Error::InvalidHistory { table, message } if table == "accounts" && message.contains(says)),
             "{what}: {err:?}"
         );
         let imported: i64 =
@@ -113,12 +128,23 @@ async fn an_import_that_breaks_a_rule_keeps_nothing(db: Db) -> TestResult {
 
 async fn the_application_cannot_import(db: Db) -> TestResult {
     let mut app = db.connect().await?;
-    for sql in ["SELECT immu.begin_import('public.accounts')", "SELECT immu.finish_import('public.accounts')"]
-    {
+    for sql in [
+        "SELECT immu.begin_import('public.accounts')",
+        "SELECT immu.finish_import('public.accounts')",
+        "INSERT INTO immu.imports (table_name) VALUES ('public.accounts')",
+    ] {
         let err = Error::from(sqlx::query(sql).execute(&mut app).await.expect_err(sql));
         assert!(matches!(err, Error::PermissionDenied { .. }), "{sql}: {err:?}");
     }
-    // The owner cannot finish an import that was never begun (nor skip the checks that way).
+    // Setting the marker by hand imports nothing: the database stamps its own clock.
+    let entity = Uuid::from_u128(rand_id());
+    let mut tx = sqlx::Connection::begin(&mut app).await?;
+    sqlx::query("SELECT set_config('immu.importing', 'public.accounts', true)").execute(&mut *tx).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(versions(entity, &[(1, 2019, false, 1)]))).execute(&mut *tx).await?;
+    tx.commit().await?;
+    let stored = Account::find(&db.pool, entity).await?;
+    assert!(stored.valid_from > instant(2026), "stamped by the clock: {}", stored.valid_from);
+    // The owner cannot finish an import that was never begun.
     let err = sqlx::query("SELECT immu.finish_import('public.accounts')")
         .execute(&db.owner)
         .await
@@ -127,23 +153,31 @@ async fn the_application_cannot_import(db: Db) -> TestResult {
     Ok(())
 }
 
-async fn an_unfinished_import_stops_writes(db: Db) -> TestResult {
-    let existing = Account::insert(&db.pool, Account::new("existing", 1)).await?;
-    // Begun and committed without finish_import: the insert trigger stays disabled, and immu
-    // refuses to write through machinery that is not whole rather than append unchecked rows.
+async fn an_import_ends_with_its_transaction(db: Db) -> TestResult {
+    // Begun and committed without finish_import: the next transactions, the owner's too, are no
+    // import, and immu's writes go on.
     let mut tx = db.owner.begin().await?;
     sqlx::query("SELECT immu.begin_import('public.accounts')").execute(&mut *tx).await?;
+    let imported = Uuid::from_u128(rand_id());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(versions(imported, &[(1, 2019, false, 1)]))).execute(&mut *tx).await?;
     tx.commit().await?;
-    let err = Account::modify(&db.pool, existing.entity_id, |a| a.balance += 1)
-        .await
-        .expect_err("writes through a disabled trigger");
-    assert!(
-        matches!(&err, Error::SchemaDrift { differences, .. } if differences.iter().any(|d| d.description.contains("immu_check_insert"))),
-        "{err:?}"
-    );
-    // Syncing the table puts it right.
-    sqlx::query("SELECT immu.sync_versioning('public.accounts')").execute(&db.owner).await?;
-    assert_eq!(Account::modify(&db.pool, existing.entity_id, |a| a.balance += 1).await?.version, 2);
+    assert_eq!(Account::find(&db.pool, imported).await?.valid_from, instant(2019));
+    for conn in [&db.owner, &db.pool] {
+        let entity = Uuid::from_u128(rand_id());
+        sqlx::raw_sql(sqlx::AssertSqlSafe(versions(entity, &[(1, 2019, false, 1)]))).execute(conn).await?;
+        assert!(Account::find(&db.pool, entity).await?.valid_from > instant(2026));
+    }
+    assert_eq!(Account::modify(&db.pool, imported, |a| a.balance += 1).await?.version, 2);
+    // finish_import ends an import within its transaction.
+    let mut tx = db.owner.begin().await?;
+    sqlx::query("SELECT immu.begin_import('public.accounts')").execute(&mut *tx).await?;
+    sqlx::query("SELECT immu.finish_import('public.accounts')").execute(&mut *tx).await?;
+    let entity = Uuid::from_u128(rand_id());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(versions(entity, &[(1, 2019, false, 1)]))).execute(&mut *tx).await?;
+    tx.commit().await?;
+    assert!(Account::find(&db.pool, entity).await?.valid_from > instant(2026));
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM immu.imports").fetch_one(&db.owner).await?;
+    assert!(left <= 1, "begin_import removes what earlier imports left: {left}");
     assert_eq!(problems(&db).await?, 0);
     Ok(())
 }

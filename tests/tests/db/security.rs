@@ -263,8 +263,14 @@ async fn every_privilege_on_every_table_is_not_enough(db: Db) -> TestResult {
     // immu's trigger as the owner: immu refuses to write at all, and says what to revoke.
     let err = Account::update(&mut conn, ids[0], Account::new("ada", 1)).await.unwrap_err();
     match &err {
-        Error::UnsafeSetup { table, problems } => {
+        Error::UnsafeSetup { table, problems, fix } => {
             assert_eq!(table, "accounts");
+            // The fix is one transaction: a trigger must not outlive the privilege that made it.
+            assert!(
+                fix.contains("BEGIN; REVOKE TRIGGER ON public.accounts FROM immu_test_lazy;")
+                    && fix.ends_with("COMMIT;"),
+                "{fix}"
+            );
             assert!(
                 problems
                     .iter()
@@ -567,6 +573,27 @@ async fn code_of_another_role_on_immus_tables_stops_immu(db: Db) -> TestResult {
         "{err:?}"
     );
     sqlx::raw_sql("DROP RULE r ON accounts_current").execute(&db.owner).await?;
+    // A trigger of the lazy role whose function belongs to a superuser (a built-in, or one of
+    // immu's own): not the owner's code either, even though a superuser is a member of every role.
+    sqlx::raw_sql(
+        "DO $$ BEGIN CREATE ROLE immu_test_super SUPERUSER NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         CREATE FUNCTION public.stop_everything() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'stopped'; END $$;
+         ALTER FUNCTION public.stop_everything() OWNER TO immu_test_super;
+         GRANT TRIGGER ON accounts TO immu_test_lazy;",
+    )
+    .execute(&db.owner)
+    .await?;
+    sqlx::raw_sql("CREATE TRIGGER zz AFTER INSERT ON accounts FOR EACH STATEMENT EXECUTE FUNCTION public.stop_everything()")
+        .execute(&mut lazy)
+        .await?;
+    sqlx::raw_sql("REVOKE TRIGGER ON accounts FROM immu_test_lazy").execute(&db.owner).await?;
+    let err = Account::modify(&db.pool, ids[0], |a| a.balance += 1).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::UnsafeSetup { problems, .. } if problems.iter().any(|p| p.contains("trigger zz on public.accounts is not immu's"))),
+        "{err:?}"
+    );
+    sqlx::raw_sql("DROP TRIGGER zz ON accounts").execute(&db.owner).await?;
+    Account::modify(&db.pool, ids[0], |a| a.balance += 1).await?;
     // The catalog is the owners': the application cannot register a table of its own with a
     // projection of someone else's.
     let mut app = db.connect().await?;
@@ -605,6 +632,17 @@ async fn the_projections_row_security_is_part_of_the_machinery(db: Db) -> TestRe
         (
             "DROP POLICY immu_delete ON accounts_current; CREATE POLICY immu_delete ON accounts_current FOR ALL USING (true)",
             "policy immu_delete on public.accounts_current is not as immu made it",
+        ),
+        (
+            "ALTER POLICY immu_update ON accounts_current WITH CHECK (true)",
+            "policy immu_update on public.accounts_current is not as immu made it",
+        ),
+        ("ALTER TABLE accounts_current FORCE ROW LEVEL SECURITY", "row security of public.accounts_current is forced"),
+        (
+            "CREATE OR REPLACE TRIGGER immu_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON accounts FOR EACH STATEMENT
+                 WHEN (false) EXECUTE FUNCTION immu.refuse_change();
+             ALTER TABLE accounts ENABLE ALWAYS TRIGGER immu_append_only",
+            "trigger immu_append_only on public.accounts is not as immu made it",
         ),
     ] {
         sqlx::raw_sql(sabotage).execute(&db.owner).await?;
