@@ -16,6 +16,7 @@ mod raw_sql;
 mod reads;
 mod schema;
 mod security;
+mod sqlx_cli;
 mod upgrade;
 mod writes;
 
@@ -35,6 +36,7 @@ fn main() -> std::process::ExitCode {
             evolution::tests(),
             drift::tests(),
             import::tests(),
+            sqlx_cli::tests(),
         ]
         .into_iter()
         .flatten()
