@@ -82,12 +82,8 @@ BEGIN
        AND pg_catalog.current_setting('immu.writing', true) = TG_ARGV[0] THEN
         RETURN NULL;
     END IF;
-    RAISE EXCEPTION '% on "%" refused: the table is maintained by immu', TG_OP, TG_TABLE_NAME
-        USING ERRCODE = 'IMMU1',
-              SCHEMA = TG_TABLE_SCHEMA,
-              TABLE = TG_TABLE_NAME,
-              DETAIL = format('%I.%I holds the latest version of each entity of %s, kept in step by the trigger on that versioned table; only that trigger may write it.', TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]),
-              HINT = 'Append a new version instead: insert, update, delete and undelete through immu add rows to the versioned table.';
+    PERFORM immu.refuse_projection_write(TG_RELID::regclass, TG_ARGV[0]::regclass, TG_OP);
+    RETURN NULL;
 END
 $fn$;
 
@@ -416,6 +412,21 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 RETURN (SELECT format('%I.%I', n.nspname, c.relname || '_immu_' || kind)
         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
         WHERE c.oid = history);
+
+-- The projection of versioned table `history`; raises when `history` is not one.
+CREATE FUNCTION immu.projection_of(history regclass) RETURNS regclass
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    projection regclass;
+BEGIN
+    SELECT v.projection INTO projection FROM immu.versioned_tables v WHERE v.table_name = history;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION '% is not a versioned table', history
+            USING ERRCODE = 'undefined_object', HINT = format('Make it one with SELECT immu.add_versioning(%L);', history::text);
+    END IF;
+    RETURN projection;
+END
+$fn$;
 
 -- Refuses to manage `history` unless the current role has its owner's rights.
 CREATE FUNCTION immu.require_owner(history regclass) RETURNS void
@@ -1018,11 +1029,8 @@ DECLARE
     current_type text;
 BEGIN
     PERFORM immu.require_owner(history);
+    PERFORM immu.projection_of(history);
     SELECT * INTO entry FROM immu.versioned_tables v WHERE v.table_name = history FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION '% is not a versioned table', history
-            USING ERRCODE = 'undefined_object', HINT = format('Make it one with SELECT immu.add_versioning(%L);', history::text);
-    END IF;
     projection := entry.projection;
     SELECT c.relname INTO hist_name FROM pg_catalog.pg_class c WHERE c.oid = history;
     SELECT c.relname INTO proj_name FROM pg_catalog.pg_class c WHERE c.oid = projection;
@@ -1137,10 +1145,7 @@ DECLARE
     removed bigint;
 BEGIN
     PERFORM immu.require_owner(history);
-    SELECT v.projection INTO projection FROM immu.versioned_tables v WHERE v.table_name = history;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION '% is not a versioned table', history USING ERRCODE = 'undefined_object';
-    END IF;
+    projection := immu.projection_of(history);
     SELECT string_agg(quote_ident(c.name), ', ' ORDER BY c.attnum),
            string_agg(format('%I = EXCLUDED.%I', c.name, c.name), ', ' ORDER BY c.attnum) FILTER (WHERE c.name <> 'entity_id')
       INTO cols, sets FROM immu.columns_of(history) c;
@@ -1180,9 +1185,7 @@ CREATE FUNCTION immu.begin_import(history regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     PERFORM immu.require_owner(history);
-    IF NOT EXISTS (SELECT FROM immu.versioned_tables v WHERE v.table_name = history) THEN
-        RAISE EXCEPTION '% is not a versioned table', history USING ERRCODE = 'undefined_object';
-    END IF;
+    PERFORM immu.projection_of(history);
     -- Rows of imports that ended without finish_import match no transaction: remove them.
     DELETE FROM immu.imports i WHERE i.table_name = history AND i.transaction <> pg_catalog.pg_current_xact_id();
     INSERT INTO immu.imports (table_name) VALUES (history) ON CONFLICT DO NOTHING;
@@ -1211,10 +1214,7 @@ DECLARE
     projection regclass;
     drift text[];
 BEGIN
-    SELECT v.projection INTO projection FROM immu.versioned_tables v WHERE v.table_name = history;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION '% is not a versioned table', history USING ERRCODE = 'undefined_object';
-    END IF;
+    projection := immu.projection_of(history);
     -- Columns that differ between the two tables cannot be compared: say so first.
     SELECT array_agg(p.problem) INTO drift
       FROM immu.versioned_tables v, immu.machinery_problems(v.table_name, v.projection, v.history_shape, v.projection_shape) p
