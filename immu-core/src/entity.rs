@@ -8,13 +8,17 @@ use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{Acquire, Executor, Postgres};
 use uuid::Uuid;
 
-use crate::sql::{DELETED_AT, ENTITY_ID, ID, VALID_FROM, VERSION};
-use crate::{Query, Result, Versioned, read, write};
+use crate::sql::{ACTOR, APPLICATION, CONTEXT, DB_USER, DELETED_AT, ENTITY_ID, ID, REASON, REVERT_OF, VALID_FROM, VERSION};
+use crate::{Query, Result, Versioned, Written, read, write};
 
-/// The names of the columns that immu adds to every versioned table, in table order.
+/// The columns immu adds to every versioned table that reads return before the entity's own: the
+/// version's identity and time, then its [`Provenance`](crate::Provenance). (`immu_shape`, also
+/// immu's, is read only by entities that upcast.)
 ///
-/// A struct field may not use one of these names as its column name; the derive refuses it.
-pub const RESERVED_COLUMNS: [&str; 5] = [ID, ENTITY_ID, VERSION, VALID_FROM, DELETED_AT];
+/// A struct field may not use one of these names as its column name (nor any name starting with
+/// `immu_`); the derive refuses it.
+pub const RESERVED_COLUMNS: [&str; 11] =
+    [ID, ENTITY_ID, VERSION, VALID_FROM, DELETED_AT, ACTOR, REASON, CONTEXT, DB_USER, APPLICATION, REVERT_OF];
 
 /// Static description of a versioned table: its name and the entity's own columns.
 ///
@@ -182,7 +186,8 @@ pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
         write::insert(db, value)
     }
 
-    /// Appends `value` as the entity's next version.
+    /// Appends `value` as the entity's next version; appends nothing if `value` equals the current
+    /// version's data ([`Written::Unchanged`](crate::Written::Unchanged)).
     ///
     /// Fails with [`Error::NotFound`](crate::Error::NotFound) if the entity never existed and
     /// [`Error::Deleted`](crate::Error::Deleted) if it is deleted (undelete it first).
@@ -190,7 +195,7 @@ pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
         db: A,
         entity_id: Uuid,
         value: Self,
-    ) -> impl Future<Output = Result<Versioned<Self>>> + Send + 'c
+    ) -> impl Future<Output = Result<Written<Self>>> + Send + 'c
     where
         A: Acquire<'c, Database = Postgres> + Send + 'c,
     {
@@ -205,7 +210,7 @@ pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
         entity_id: Uuid,
         expected_version: i64,
         value: Self,
-    ) -> impl Future<Output = Result<Versioned<Self>>> + Send + 'c
+    ) -> impl Future<Output = Result<Written<Self>>> + Send + 'c
     where
         A: Acquire<'c, Database = Postgres> + Send + 'c,
     {
@@ -213,12 +218,14 @@ pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
     }
 
     /// Read-modify-write: runs `f` on the current version while the entity's lock is held and
-    /// appends the result. Concurrent `modify` calls on one entity never lose an update.
+    /// appends the result (nothing if `f` changed nothing). Concurrent `modify` calls on one
+    /// entity never lose an update. For a change the database can compute itself, in one round
+    /// trip, see [`patch`](Self::patch).
     fn modify<'c, A, F>(
         db: A,
         entity_id: Uuid,
         f: F,
-    ) -> impl Future<Output = Result<Versioned<Self>>> + Send + 'c
+    ) -> impl Future<Output = Result<Written<Self>>> + Send + 'c
     where
         A: Acquire<'c, Database = Postgres> + Send + 'c,
         F: FnOnce(&mut Self) + Send + 'c,
@@ -236,13 +243,60 @@ pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
         db: A,
         entity_id: Uuid,
         f: F,
-    ) -> impl Future<Output = std::result::Result<Versioned<Self>, E>> + Send + 'c
+    ) -> impl Future<Output = std::result::Result<Written<Self>, E>> + Send + 'c
     where
         A: Acquire<'c, Database = Postgres> + Send + 'c,
         F: FnOnce(&mut Self) -> std::result::Result<(), E> + Send + 'c,
         E: From<crate::Error> + Send + 'c,
     {
         write::modify(db, entity_id, f)
+    }
+
+    /// A partial update: set only the named columns, to values or to expressions over the current
+    /// version (`balance = balance + 30`), computed by the database under the entity's lock in one
+    /// round trip. Await the [`Patch`](crate::Patch) to run it.
+    ///
+    /// ```no_run
+    /// # use immu_core::{Immutable, sea_query::{Expr, ExprTrait}};
+    /// # #[derive(Immutable)] #[immu(table = "accounts")] struct Account { owner: String, balance: i64 }
+    /// # async fn demo(pool: sqlx::PgPool, id: uuid::Uuid) -> immu_core::Result<()> {
+    /// Account::patch(&pool, id).set(Account::BALANCE, Expr::col(Account::BALANCE).add(30)).await?;
+    /// # Ok(()) }
+    /// ```
+    fn patch<'c, A>(db: A, entity_id: Uuid) -> crate::Patch<'c, Self, A>
+    where
+        A: Acquire<'c, Database = Postgres> + Send + 'c,
+    {
+        crate::Patch::new(db, entity_id)
+    }
+
+    /// Reverts the entity to version `version`: appends a live version carrying that version's
+    /// data (a tombstone's data is that of the version it deleted), recorded as a revert of it
+    /// ([`Provenance::revert_of`](crate::Provenance::revert_of)). Appends nothing if the current
+    /// data already equals it.
+    ///
+    /// Fails with [`Error::NotFound`](crate::Error::NotFound) (with the version) if the entity has
+    /// no such version, and with [`Error::Deleted`](crate::Error::Deleted) if the entity is
+    /// deleted: a revert does not undelete; [`undelete`](Self::undelete) first, then revert.
+    fn revert<'c, A>(db: A, entity_id: Uuid, version: i64) -> impl Future<Output = Result<Written<Self>>> + Send + 'c
+    where
+        A: Acquire<'c, Database = Postgres> + Send + 'c,
+    {
+        write::revert(db, entity_id, Some(version), None)
+    }
+
+    /// Reverts the entity to its data as of instant `at`: [`revert`](Self::revert) to the version
+    /// current then. Fails with [`Error::NotFound`](crate::Error::NotFound) if the entity did not
+    /// exist yet at `at`, and with [`Error::Deleted`](crate::Error::Deleted) if it is deleted now.
+    fn revert_as_of<'c, A>(
+        db: A,
+        entity_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Written<Self>>> + Send + 'c
+    where
+        A: Acquire<'c, Database = Postgres> + Send + 'c,
+    {
+        write::revert(db, entity_id, None, Some(at))
     }
 
     /// Deletes the entity by appending a tombstone: a copy of the last data with `deleted_at`
@@ -396,5 +450,34 @@ pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
         E: Executor<'c, Database = Postgres> + 'c,
     {
         read::history(db, entity_id)
+    }
+
+    /// Every version of the entity, each with its [`Diff`](crate::Diff) from the version before
+    /// (for version 1, from nothing): who changed which fields, from what, to what. One query.
+    ///
+    /// Fails with [`Error::NotFound`](crate::Error::NotFound) if the entity never existed.
+    fn history_with_diffs<'c, E>(
+        db: E,
+        entity_id: Uuid,
+    ) -> impl Future<Output = Result<Vec<(Versioned<Self>, crate::Diff)>>> + Send + 'c
+    where
+        E: Executor<'c, Database = Postgres> + 'c,
+    {
+        crate::diff::history_with_diffs(db, entity_id)
+    }
+
+    /// The field-level difference between versions `from` and `to` of the entity (any two, in
+    /// either order). Fails with [`Error::NotFound`](crate::Error::NotFound) (with the version) if
+    /// either does not exist.
+    fn diff<'c, E>(
+        db: E,
+        entity_id: Uuid,
+        from: i64,
+        to: i64,
+    ) -> impl Future<Output = Result<crate::Diff>> + Send + 'c
+    where
+        E: Executor<'c, Database = Postgres> + 'c,
+    {
+        crate::diff::between::<Self, E>(db, entity_id, from, to)
     }
 }

@@ -20,6 +20,10 @@ pub const SCHEMA_DRIFT_SQLSTATE: &str = "IMMU3";
 /// machinery ([`Error::UnsafeSetup`]).
 pub const UNSAFE_SETUP_SQLSTATE: &str = "IMMU4";
 
+/// The SQLSTATE raised when a version of a table that requires an actor has none
+/// ([`Error::ActorRequired`]).
+pub const ACTOR_REQUIRED_SQLSTATE: &str = "IMMU5";
+
 /// Everything that can go wrong in an immu call.
 ///
 /// A failed call writes nothing: writes run in their own transaction (or a savepoint of yours),
@@ -275,6 +279,18 @@ pub enum Error {
         message: String,
     },
 
+    /// The table requires an actor on every version
+    /// (`immu.configure_versioning(t, require_actor => true)`), and the write gave none: no
+    /// [`Audit`](crate::Audit) actor in scope and no `immu.actor` setting in its transaction.
+    /// Nothing was written.
+    #[error("{table} requires an actor on every version, and the write has none: {message}")]
+    ActorRequired {
+        /// The table.
+        table: String,
+        /// PostgreSQL's message.
+        message: String,
+    },
+
     /// Any other database or driver error.
     #[error(transparent)]
     Database(sqlx::Error),
@@ -336,6 +352,10 @@ impl From<sqlx::Error> for Error {
                 Some(INVALID_HISTORY_SQLSTATE) => {
                     let table = pg.and_then(|e| e.table()).unwrap_or_default().to_owned();
                     return Error::InvalidHistory { table, message: db.message().to_owned() };
+                }
+                Some(ACTOR_REQUIRED_SQLSTATE) => {
+                    let table = pg.and_then(|e| e.table()).unwrap_or_default().to_owned();
+                    return Error::ActorRequired { table, message: db.message().to_owned() };
                 }
                 Some(SCHEMA_DRIFT_SQLSTATE) => {
                     let table = pg.and_then(|e| e.table()).unwrap_or_default().to_owned();

@@ -112,7 +112,9 @@
 //! * anything else: [`Database`](Error::Database).
 #![forbid(unsafe_code)]
 
+mod audit;
 mod column;
+mod diff;
 mod entity;
 mod error;
 mod lock;
@@ -125,19 +127,22 @@ mod sql;
 mod versioned;
 mod write;
 
+pub use audit::{Audit, Provenance};
 pub use column::Column;
+pub use diff::{Change, Diff, FieldChange};
 #[doc(hidden)]
 pub use entity::RowLayout;
 pub use entity::{ColumnDef, Immutable, RESERVED_COLUMNS, TableDef};
 pub use error::{
-    APPEND_ONLY_SQLSTATE, Error, INVALID_HISTORY_SQLSTATE, OptionalExt, Result, SCHEMA_DRIFT_SQLSTATE,
+    ACTOR_REQUIRED_SQLSTATE, APPEND_ONLY_SQLSTATE, Error, INVALID_HISTORY_SQLSTATE, OptionalExt, Result, SCHEMA_DRIFT_SQLSTATE,
     UNSAFE_SETUP_SQLSTATE,
 };
 pub use lock::lock_key;
 pub use query::{Join, Query, Resolution};
 pub use schema::ColumnType;
 pub use snapshot::Snapshot;
-pub use versioned::Versioned;
+pub use versioned::{Versioned, Written};
+pub use write::Patch;
 
 /// sea-query, the query builder immu's filters and orders are written in (`ExprTrait`, `Order`,
 /// `Expr`, `Condition`), re-exported so your version always matches immu's.

@@ -256,6 +256,23 @@ impl<T: Immutable> Query<T> {
         self
     }
 
+    /// Keeps only resolved versions written by `actor` (their
+    /// [`Provenance::actor`](crate::Provenance::actor)). With
+    /// [`changed_between`](Self::changed_between): every change by an actor in a period.
+    ///
+    /// ```no_run
+    /// # use immu_core::Immutable;
+    /// # #[derive(Immutable)] #[immu(table = "accounts")] struct Account { owner: String, balance: i64 }
+    /// # async fn demo(pool: sqlx::PgPool) -> immu_core::Result<()> {
+    /// let week_ago = chrono::Utc::now() - chrono::Duration::days(7);
+    /// let by_ada = Account::query().changed_between(week_ago, chrono::Utc::now()).by_actor("ada").fetch_all(&pool).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn by_actor(self, actor: impl Into<String>) -> Self {
+        use sea_query::ExprTrait;
+        self.filter(Expr::col((T::TABLE.name, crate::sql::ACTOR)).eq(actor.into()))
+    }
+
     /// Keeps only resolved versions matching `condition` (a sea-query expression or condition,
     /// typically built from the derive's columns: `Account::BALANCE.gt(100)`). Several calls
     /// combine with `AND`.

@@ -18,6 +18,12 @@ pub(crate) const VALID_FROM: &str = "valid_from";
 pub(crate) const DELETED_AT: &str = "deleted_at";
 /// The column recording which shape of the entity wrote a version.
 pub(crate) const SHAPE: &str = "immu_shape";
+pub(crate) const ACTOR: &str = "immu_actor";
+pub(crate) const REASON: &str = "immu_reason";
+pub(crate) const CONTEXT: &str = "immu_context";
+pub(crate) const DB_USER: &str = "immu_db_user";
+pub(crate) const APPLICATION: &str = "immu_application";
+pub(crate) const REVERT_OF: &str = "immu_revert_of";
 
 /// `at`, moved into PostgreSQL's timestamp range: an instant before its earliest timestamp
 /// (4714-11-24 BC) reads like that earliest one, when no version can exist yet. (chrono's latest
@@ -56,7 +62,15 @@ pub struct Sql {
     /// 1-based position in the arrays, then all columns.
     pub(crate) each_as_of: String,
     /// The write statements, by [`WriteKind`]: see [`Write`].
-    pub(crate) writes: [Write; 4],
+    pub(crate) writes: [Write; 5],
+    /// The `CALL` of a partial update (see [`patch`]): `$1` the entity, `$2` its lock key, `$3` the
+    /// new version row's id, `$4` the columns set, `$5`-`$7` the provenance, `$8` the statement.
+    pub(crate) patch_call: String,
+    /// Every column of entity `$1`'s versions, then each version's row as JSON (`immu_row`), in
+    /// version order: history with diffs.
+    pub(crate) history_rows: String,
+    /// Versions `$2` (bigint[]) of entity `$1`: the version number, and the row as JSON.
+    pub(crate) version_rows: String,
 }
 
 /// What a write does: the `immu_kind` argument of the table's write routines.
@@ -70,6 +84,8 @@ pub(crate) enum WriteKind {
     Delete = 2,
     /// A live copy of a tombstone's data.
     Undelete = 3,
+    /// A live copy of an earlier version's data.
+    Revert = 4,
 }
 
 impl WriteKind {
@@ -80,6 +96,7 @@ impl WriteKind {
             WriteKind::Update => "update",
             WriteKind::Delete => "delete",
             WriteKind::Undelete => "undelete",
+            WriteKind::Revert => "revert",
         }
     }
 
@@ -94,12 +111,15 @@ impl WriteKind {
 /// routine's own check says what changed). Both bind the same parameters: `$1` the new
 /// version row's id, `$2` the entity, `$3` the expected current version (NULL: any), `$4` the
 /// entity's lock key, `$5` the names of the columns the entity sets (text[]), `$6` the entity's
-/// shape, then, for inserts and updates, the entity's own columns in [`TableDef::columns`] order,
-/// passed by name.
+/// shape, `$7` the actor, `$8` the reason, `$9` the context (jsonb); then, for inserts and updates,
+/// the entity's own columns in [`TableDef::columns`] order, passed by name; for a revert, `$10` the
+/// version to revert to and `$11` the instant whose version to revert to.
 ///
-/// Each returns the stored version, or a row whose `id` is NULL and whose reserved columns are
-/// the entity's latest version when that version refuses the write (deleted, not deleted, not the
-/// expected version), or nothing (all NULL, for the procedure) when the entity does not exist.
+/// Each returns the stored version; or the entity's latest version when an update or revert would
+/// append the data it already has; or a row whose `id` is NULL and whose reserved columns are the
+/// entity's latest version when that version refuses the write (deleted, not deleted, not the
+/// expected version, nothing to revert to); or nothing (all NULL, for the procedure) when the
+/// entity does not exist.
 #[derive(Debug)]
 pub(crate) struct Write {
     /// `SELECT * FROM "<table>_immu_write"(...)`: inside a caller's transaction.
@@ -158,8 +178,28 @@ impl Sql {
             by_id,
             lock_latest,
             each_as_of,
-            writes: [WriteKind::Insert, WriteKind::Update, WriteKind::Delete, WriteKind::Undelete]
+            writes: [WriteKind::Insert, WriteKind::Update, WriteKind::Delete, WriteKind::Undelete, WriteKind::Revert]
                 .map(|kind| write(table, kind)),
+            patch_call: format!(
+                "CALL {}(immu_kind => 'update', entity_id => $1, immu_lock => $2, id => $3, immu_columns => $4, \
+                 immu_actor => $5, immu_reason => $6, immu_context => $7, immu_patch => $8)",
+                quote(&routine_name(table.name, "commit"))
+            ),
+            history_rows: format!(
+                "SELECT {}, pg_catalog.to_jsonb(\"immu_h\") AS \"immu_row\" FROM {} AS \"immu_h\" WHERE {} = $1 ORDER BY {}, {}",
+                all().map(|c| format!("\"immu_h\".{}", quote(c))).collect::<Vec<_>>().join(", "),
+                quote(table.name),
+                quote(ENTITY_ID),
+                quote(VALID_FROM),
+                quote(VERSION)
+            ),
+            version_rows: format!(
+                "SELECT \"immu_h\".{}, pg_catalog.to_jsonb(\"immu_h\") FROM {} AS \"immu_h\" WHERE \"immu_h\".{} = $1 AND \"immu_h\".{} = ANY ($2)",
+                quote(VERSION),
+                quote(table.name),
+                quote(ENTITY_ID),
+                quote(VERSION)
+            ),
         }
     }
 
@@ -172,11 +212,13 @@ impl Sql {
 /// The statements of a write of `kind` (see [`Write`]).
 fn write(table: &TableDef, kind: WriteKind) -> Write {
     let data: Vec<String> = if kind.carries_data() {
-        table.columns.iter().enumerate().map(|(i, c)| format!("{} => ${}", quote(c.name), i + 7)).collect()
+        table.columns.iter().enumerate().map(|(i, c)| format!("{} => ${}", quote(c.name), i + 10)).collect()
+    } else if kind == WriteKind::Revert {
+        vec!["immu_revert_to => $10".to_owned(), "immu_revert_at => $11".to_owned()]
     } else {
         Vec::new()
     };
-    let arguments = |reserved: [&str; 6]| {
+    let arguments = |reserved: [&str; 9]| {
         let mut arguments = vec![format!("immu_kind => '{}'", kind.name())];
         arguments.extend(reserved.iter().enumerate().map(|(i, name)| format!("{name} => ${}", i + 1)));
         arguments.extend(data.iter().cloned());
@@ -192,15 +234,48 @@ fn write(table: &TableDef, kind: WriteKind) -> Write {
                 "immu_expected",
                 "immu_lock",
                 "immu_columns",
-                "immu_shape"
+                "immu_shape",
+                "immu_actor",
+                "immu_reason",
+                "immu_context"
             ])
         ),
         call: format!(
             "CALL {}({})",
             quote(&routine_name(table.name, "commit")),
-            arguments(["id", "entity_id", "immu_expected", "immu_lock", "immu_columns", "immu_shape"])
+            arguments([
+                "id",
+                "entity_id",
+                "immu_expected",
+                "immu_lock",
+                "immu_columns",
+                "immu_shape",
+                "immu_actor",
+                "immu_reason",
+                "immu_context"
+            ])
         ),
     }
+}
+
+/// The statement of a partial update of `table` that sets each of `sets` (a column, and the SQL
+/// of its new value over the entity's latest version, whose columns it names as
+/// `"<table>"."<column>"`): the entity's lock and latest version (`<table>_immu_latest`), then the
+/// write function with the new values computed from it, in one statement run by the server under
+/// the lock. Binds `$1` the entity, `$2` its lock key, `$3` the new version row's id, `$4` the
+/// columns set, `$5`-`$7` the provenance (see [`Write`]).
+pub(crate) fn patch(table: &TableDef, sets: &[(&str, String)]) -> String {
+    let alias = quote(table.name);
+    let values: String = sets.iter().map(|(column, value)| format!(", {} => ({value})", quote(column))).collect();
+    format!(
+        "SELECT \"immu_w\".* FROM {latest}($1, $2) AS {alias}, LATERAL {write}(immu_kind => 'update', \
+         immu_id => $3, immu_entity_id => $1, immu_expected => {alias}.{version}, immu_columns => $4, \
+         immu_shape => {alias}.{shape}, immu_actor => $5, immu_reason => $6, immu_context => $7{values}) AS \"immu_w\"",
+        latest = quote(&routine_name(table.name, "latest")),
+        write = quote(&routine_name(table.name, "write")),
+        version = quote(VERSION),
+        shape = quote(SHAPE),
+    )
 }
 
 /// The name of one of the routines immu generates for a table (`<table>_immu_<kind>`, in the
@@ -279,7 +354,7 @@ mod tests {
         let sql = Sql::new(&ACCOUNTS);
         assert_eq!(
             sql.current,
-            r#"SELECT "id", "entity_id", "version", "valid_from", "deleted_at", "owner", "order" FROM "accounts_current" WHERE "entity_id" = $1"#
+            r#"SELECT "id", "entity_id", "version", "valid_from", "deleted_at", "immu_actor", "immu_reason", "immu_context", "immu_db_user", "immu_application", "immu_revert_of", "owner", "order" FROM "accounts_current" WHERE "entity_id" = $1"#
         );
     }
 }

@@ -9,7 +9,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{Acquire, Postgres, Row};
 use uuid::Uuid;
 
-use crate::{Immutable, Result};
+use crate::{Immutable, Provenance, Result};
 
 /// One version of an entity: the version metadata plus the entity's own data.
 ///
@@ -28,6 +28,9 @@ pub struct Versioned<T> {
     pub valid_from: DateTime<Utc>,
     /// Set on a tombstone (the version a delete appended), to the same instant as `valid_from`.
     pub deleted_at: Option<DateTime<Utc>>,
+    /// Who wrote this version and why (see [`Audit`](crate::Audit)).
+    #[serde(default)]
+    pub provenance: Provenance,
     /// The entity's own data.
     #[serde(flatten)]
     pub data: T,
@@ -52,6 +55,7 @@ impl<T> Versioned<T> {
             version: self.version,
             valid_from: self.valid_from,
             deleted_at: self.deleted_at,
+            provenance: self.provenance,
             data: f(self.data),
         }
     }
@@ -72,7 +76,7 @@ impl<T: Immutable> Versioned<T> {
     /// let saved = account.save(&pool).await?; // Err(VersionConflict) if someone wrote in between
     /// # Ok(()) }
     /// ```
-    pub fn save<'c, A>(self, db: A) -> impl Future<Output = Result<Versioned<T>>> + Send + 'c
+    pub fn save<'c, A>(self, db: A) -> impl Future<Output = Result<Written<T>>> + Send + 'c
     where
         A: Acquire<'c, Database = Postgres> + Send + 'c,
     {
@@ -92,6 +96,14 @@ impl<T: Immutable> Versioned<T> {
             version: row.try_get(first + 2)?,
             valid_from: row.try_get(first + 3)?,
             deleted_at: row.try_get(first + 4)?,
+            provenance: Provenance {
+                actor: row.try_get(first + 5)?,
+                reason: row.try_get(first + 6)?,
+                context: row.try_get(first + 7)?,
+                db_user: row.try_get(first + 8)?,
+                application: row.try_get(first + 9)?,
+                revert_of: row.try_get(first + 10)?,
+            },
             data: T::__decode(row, crate::RowLayout::At(first + crate::entity::RESERVED_COLUMNS.len()))?,
         })
     }
@@ -99,13 +111,23 @@ impl<T: Immutable> Versioned<T> {
     /// Decodes a row that names every column of the table (the row of a write procedure), in any
     /// order.
     pub(crate) fn decode_named(row: &PgRow) -> std::result::Result<Self, sqlx::Error> {
-        use crate::sql::{DELETED_AT, ENTITY_ID, ID, VALID_FROM, VERSION};
+        use crate::sql::{
+            ACTOR, APPLICATION, CONTEXT, DB_USER, DELETED_AT, ENTITY_ID, ID, REASON, REVERT_OF, VALID_FROM, VERSION,
+        };
         Ok(Versioned {
             id: row.try_get(ID)?,
             entity_id: row.try_get(ENTITY_ID)?,
             version: row.try_get(VERSION)?,
             valid_from: row.try_get(VALID_FROM)?,
             deleted_at: row.try_get(DELETED_AT)?,
+            provenance: Provenance {
+                actor: row.try_get(ACTOR)?,
+                reason: row.try_get(REASON)?,
+                context: row.try_get(CONTEXT)?,
+                db_user: row.try_get(DB_USER)?,
+                application: row.try_get(APPLICATION)?,
+                revert_of: row.try_get(REVERT_OF)?,
+            },
             data: T::__decode(row, crate::RowLayout::Named)?,
         })
     }
@@ -121,5 +143,85 @@ impl<T> Deref for Versioned<T> {
 impl<T> DerefMut for Versioned<T> {
     fn deref_mut(&mut self) -> &mut T {
         &mut self.data
+    }
+}
+
+/// What a write that may append nothing did: [`update`](Immutable::update),
+/// [`modify`](Immutable::modify), [`patch`](Immutable::patch), [`revert`](Immutable::revert) and
+/// [`save`](Versioned::save).
+///
+/// A write whose data equals the entity's latest version's (every column, and the shape) appends
+/// nothing and says so: [`Unchanged`](Written::Unchanged), with that latest version. (A table can
+/// record identical versions instead: `SELECT immu.configure_versioning('accounts',
+/// record_identical => true);`.) Either way it derefs to the entity's current version, so
+/// `written.version` and `written.balance` read it.
+///
+/// ```no_run
+/// # use immu_core::{Immutable, Written};
+/// # #[derive(Clone, Immutable)] #[immu(table = "accounts")] struct Account { owner: String, balance: i64 }
+/// # async fn demo(pool: sqlx::PgPool, id: uuid::Uuid) -> immu_core::Result<()> {
+/// let current = Account::find(&pool, id).await?;
+/// let again = Account::update(&pool, id, current.data.clone()).await?;
+/// assert!(!again.is_appended());
+/// assert_eq!(again.version, current.version); // nothing appended
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", content = "version", rename_all = "snake_case")]
+pub enum Written<T> {
+    /// The write appended this version.
+    Appended(Versioned<T>),
+    /// The write's data equals the latest version's: it appended nothing. This is that version.
+    Unchanged(Versioned<T>),
+}
+
+impl<T> Written<T> {
+    /// Whether the write appended a version.
+    pub fn is_appended(&self) -> bool {
+        matches!(self, Written::Appended(_))
+    }
+
+    /// The entity's current version: the appended one, or the unchanged latest one.
+    pub fn into_versioned(self) -> Versioned<T> {
+        match self {
+            Written::Appended(v) | Written::Unchanged(v) => v,
+        }
+    }
+
+    /// The appended version, or `None` when nothing was appended.
+    pub fn appended(self) -> Option<Versioned<T>> {
+        match self {
+            Written::Appended(v) => Some(v),
+            Written::Unchanged(_) => None,
+        }
+    }
+}
+
+impl<T> Deref for Written<T> {
+    type Target = Versioned<T>;
+    fn deref(&self) -> &Versioned<T> {
+        match self {
+            Written::Appended(v) | Written::Unchanged(v) => v,
+        }
+    }
+}
+
+impl<T> From<Written<T>> for Versioned<T> {
+    fn from(written: Written<T>) -> Versioned<T> {
+        written.into_versioned()
+    }
+}
+
+impl<T: PartialEq> PartialEq<Written<T>> for Versioned<T> {
+    /// Whether `other`'s version is this one.
+    fn eq(&self, other: &Written<T>) -> bool {
+        self == &**other
+    }
+}
+
+impl<T: PartialEq> PartialEq<Versioned<T>> for Written<T> {
+    /// Whether this write's version is `other`.
+    fn eq(&self, other: &Versioned<T>) -> bool {
+        &**self == other
     }
 }

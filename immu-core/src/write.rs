@@ -27,16 +27,27 @@
 //! that version and writes nothing, so immu's own retry never stores a write twice.
 //!
 //! Read-modify-write takes the lock and reads with `<table>_immu_latest`, runs the closure, and
-//! appends expecting the version it read, in one transaction.
+//! appends expecting the version it read, in one transaction. A partial update ([`Patch`]) does
+//! the same in one statement the server runs: `<table>_immu_latest` and the write function called
+//! with the new values computed from the latest version.
+//!
+//! An update, a partial update or a revert whose data equals the latest version's appends nothing
+//! ([`Written::Unchanged`]): the write function returns that latest version (its id is not the
+//! write's). Every write carries its [`Audit`](crate::Audit) (the task's scope) as parameters.
+
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
+use std::pin::Pin;
 
 use chrono::{DateTime, Utc};
+use sea_query::{Expr, PostgresQueryBuilder};
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{Acquire, Arguments, Connection, PgConnection, Postgres, Row};
 use uuid::Uuid;
 
 use crate::lock::lock_key;
 use crate::sql::WriteKind;
-use crate::{Error, Immutable, Result, Versioned};
+use crate::{Audit, Column, Error, Immutable, Result, Versioned, Written};
 
 /// Inserts a new entity at version 1.
 #[tracing::instrument(level = "debug", skip_all, fields(table = T::TABLE.name))]
@@ -49,7 +60,7 @@ where
     let target = Target::new::<T>(Uuid::now_v7(), Intent::Insert);
     let stored = write::<T>(&mut conn, WriteKind::Insert, &target, Some(&value)).await?;
     tracing::debug!(entity_id = %target.entity_id, "inserted version 1");
-    Ok(stored)
+    Ok(stored.into_versioned())
 }
 
 /// Appends `value` as the next version, optionally only if the current version is `expected`.
@@ -59,7 +70,7 @@ pub(crate) async fn update<'c, T, A>(
     entity_id: Uuid,
     expected: Option<i64>,
     value: T,
-) -> Result<Versioned<T>>
+) -> Result<Written<T>>
 where
     T: Immutable,
     A: Acquire<'c, Database = Postgres> + Send + 'c,
@@ -69,13 +80,31 @@ where
     write::<T>(&mut conn, WriteKind::Update, &target, Some(&value)).await
 }
 
+/// Appends a live copy of the data of version `to`, or of the version current at `at`.
+#[tracing::instrument(level = "debug", skip(db), fields(table = T::TABLE.name))]
+pub(crate) async fn revert<'c, T, A>(
+    db: A,
+    entity_id: Uuid,
+    to: Option<i64>,
+    at: Option<DateTime<Utc>>,
+) -> Result<Written<T>>
+where
+    T: Immutable,
+    A: Acquire<'c, Database = Postgres> + Send + 'c,
+{
+    let mut conn = db.acquire().await?;
+    let mut target = Target::new::<T>(entity_id, Intent::Revert { to });
+    target.revert_at = at.map(crate::sql::pg_instant);
+    write::<T>(&mut conn, WriteKind::Revert, &target, None).await
+}
+
 /// Read-modify-write under the entity's lock.
 #[tracing::instrument(level = "debug", skip(db, f), fields(table = T::TABLE.name))]
 pub(crate) async fn modify<'c, T, A, F, E>(
     db: A,
     entity_id: Uuid,
     f: F,
-) -> std::result::Result<Versioned<T>, E>
+) -> std::result::Result<Written<T>, E>
 where
     T: Immutable,
     A: Acquire<'c, Database = Postgres> + Send + 'c,
@@ -121,7 +150,7 @@ where
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| write_error::<T>(e, entity_id, target.intent))?;
-    let appended = written::<T>(Written::decode(row.as_ref()).map_err(Error::from)?, &target)?;
+    let appended = written::<T>(Outcome::decode(row.as_ref(), &target).map_err(Error::from)?, &target)?;
     if let Err(err) = tx.commit().await {
         return Err(commit_error::<T>(err, &target).into());
     }
@@ -137,7 +166,7 @@ where
 {
     let mut conn = db.acquire().await?;
     let target = Target::new::<T>(entity_id, Intent::Delete);
-    write::<T>(&mut conn, WriteKind::Delete, &target, None).await
+    Ok(write::<T>(&mut conn, WriteKind::Delete, &target, None).await?.into_versioned())
 }
 
 /// Appends a live copy of a tombstone's data.
@@ -149,7 +178,117 @@ where
 {
     let mut conn = db.acquire().await?;
     let target = Target::new::<T>(entity_id, Intent::Undelete);
-    write::<T>(&mut conn, WriteKind::Undelete, &target, None).await
+    Ok(write::<T>(&mut conn, WriteKind::Undelete, &target, None).await?.into_versioned())
+}
+
+/// A partial update: a new version that changes only the named columns, each to a value or a
+/// sea-query expression over the entity's latest version, computed by the database under the
+/// entity's lock. Built by [`Immutable::patch`]; runs when awaited, in one round trip (a `CALL`
+/// outside a transaction, one statement in a savepoint inside yours).
+///
+/// Columns it does not set keep the latest version's values; the version keeps the latest
+/// version's shape. Like an update it fails with [`Error::NotFound`] or [`Error::Deleted`] and
+/// writes nothing; like every write it appends nothing when the result equals the latest version
+/// ([`Written::Unchanged`]).
+///
+/// ```no_run
+/// use immu_core::{Immutable, sea_query::{Expr, ExprTrait}};
+/// # #[derive(Immutable)] #[immu(table = "accounts")] struct Account { owner: String, balance: i64 }
+/// # async fn demo(pool: sqlx::PgPool, id: uuid::Uuid) -> immu_core::Result<()> {
+/// // balance = balance + 30, owner = 'bob': no read round trip, no other field needed.
+/// let written = Account::patch(&pool, id)
+///     .set(Account::BALANCE, Expr::col(Account::BALANCE).add(30))
+///     .set(Account::OWNER, "bob")
+///     .await?;
+/// println!("version {} has balance {}", written.version, written.balance);
+/// # Ok(()) }
+/// ```
+#[must_use = "a patch does nothing until it is awaited"]
+pub struct Patch<'c, T, A> {
+    db: A,
+    entity_id: Uuid,
+    sets: Vec<(&'static str, Expr)>,
+    entity: PhantomData<fn() -> (T, &'c ())>,
+}
+
+impl<'c, T: Immutable, A> Patch<'c, T, A> {
+    pub(crate) fn new(db: A, entity_id: Uuid) -> Self {
+        Patch { db, entity_id, sets: Vec::new(), entity: PhantomData }
+    }
+
+    /// Sets `column` to `value`: a value (`30`, `"bob"`) or an expression over the latest version's
+    /// columns (`Expr::col(Account::BALANCE).add(30)`). Setting a column twice keeps the last.
+    pub fn set(mut self, column: Column<T>, value: impl Into<Expr>) -> Self {
+        let value = value.into();
+        match self.sets.iter_mut().find(|(name, _)| *name == column.name()) {
+            Some(set) => set.1 = value,
+            None => self.sets.push((column.name(), value)),
+        }
+        self
+    }
+}
+
+impl<'c, T, A> IntoFuture for Patch<'c, T, A>
+where
+    T: Immutable,
+    A: Acquire<'c, Database = Postgres> + Send + 'c,
+{
+    type Output = Result<Written<T>>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<Written<T>>> + Send + 'c>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(patch::<T, A>(self.db, self.entity_id, self.sets))
+    }
+}
+
+/// Runs a partial update (see [`Patch`]).
+#[tracing::instrument(level = "debug", skip(db, sets), fields(table = T::TABLE.name))]
+async fn patch<'c, T, A>(db: A, entity_id: Uuid, sets: Vec<(&'static str, Expr)>) -> Result<Written<T>>
+where
+    T: Immutable,
+    A: Acquire<'c, Database = Postgres> + Send + 'c,
+{
+    let mut rendered = Vec::with_capacity(sets.len());
+    for (column, value) in sets {
+        if T::TABLE.column(column).is_none() {
+            return Err(Error::UnknownColumn { table: T::TABLE.name, column: column.to_owned() });
+        }
+        rendered.push((column, render(value)));
+    }
+    let columns: Vec<&str> = rendered.iter().map(|(c, _)| *c).collect();
+    let statement = crate::sql::patch(&T::TABLE, &rendered);
+    let mut conn = db.acquire().await?;
+    let target = Target::new::<T>(entity_id, Intent::Patch);
+    let call = T::__sql().patch_call.as_str();
+    let text = statement.as_str();
+    let first = Statement::Patch { text, args: target.patch_args(&columns, None)? };
+    let call_args = || target.patch_args(&columns, Some(text));
+    let outcome = match run_write::<T>(&mut conn, first, call, &target, call_args).await {
+        Err(Error::Database(err)) if stale_statement(&err) => {
+            conn.clear_cached_statements().await?;
+            let again = Statement::Patch { text, args: target.patch_args(&columns, None)? };
+            run_write::<T>(&mut conn, again, call, &target, call_args).await
+        }
+        other => other,
+    };
+    match outcome {
+        Ok(outcome) => written(outcome, &target),
+        Err(err) => Err(diagnose::<T>(&mut conn, err).await),
+    }
+}
+
+/// The SQL of a value or expression, its values inlined (escaped by sea-query): a partial
+/// update's statement is passed whole to the table's committing procedure.
+fn render(value: Expr) -> String {
+    let select = sea_query::Query::select().expr(value).to_string(PostgresQueryBuilder);
+    select.strip_prefix("SELECT ").map(str::to_owned).unwrap_or(select)
+}
+
+/// The statement a write runs inside a caller's transaction: one of the cached write statements,
+/// or a partial update's, built for the call (not kept as a prepared statement).
+enum Statement<'a> {
+    Cached(&'a str),
+    Patch { text: &'a str, args: PgArguments },
 }
 
 /// What a write meant to do; decides which error explains a refusal.
@@ -159,39 +298,75 @@ enum Intent {
     Update { expected: Option<i64> },
     Delete,
     Undelete,
+    /// To version `to` (or to the version current at an instant: `None`).
+    Revert { to: Option<i64> },
+    Patch,
 }
 
 /// The version row a write appends: its id (chosen once, so that every attempt of the write
-/// carries it), its entity, and what the write means.
-#[derive(Debug, Clone, Copy)]
+/// carries it), its entity, what the write means, and who writes it and why.
+#[derive(Debug, Clone)]
 struct Target {
     table: &'static str,
     id: Uuid,
     entity_id: Uuid,
     intent: Intent,
+    audit: Audit,
+    revert_at: Option<DateTime<Utc>>,
 }
 
 impl Target {
     fn new<T: Immutable>(entity_id: Uuid, intent: Intent) -> Target {
-        Target { table: T::TABLE.name, id: Uuid::now_v7(), entity_id, intent }
+        Target {
+            table: T::TABLE.name,
+            id: Uuid::now_v7(),
+            entity_id,
+            intent,
+            audit: Audit::current(),
+            revert_at: None,
+        }
     }
 
     /// The bind arguments of a write statement (see [`crate::sql::Write`]); `value` for the
     /// writes that carry data.
     fn args<T: Immutable>(&self, value: Option<&T>) -> sqlx::Result<PgArguments> {
-        let expected = match self.intent {
-            Intent::Update { expected } => expected,
-            Intent::Insert | Intent::Delete | Intent::Undelete => None,
-        };
         let mut args = PgArguments::default();
         args.add(self.id).map_err(sqlx::Error::Encode)?;
         args.add(self.entity_id).map_err(sqlx::Error::Encode)?;
-        args.add(expected).map_err(sqlx::Error::Encode)?;
+        args.add(self.intent.expected()).map_err(sqlx::Error::Encode)?;
         args.add(lock_key(self.table, self.entity_id)).map_err(sqlx::Error::Encode)?;
         args.add(column_names::<T>()).map_err(sqlx::Error::Encode)?;
         args.add(T::TABLE.shape).map_err(sqlx::Error::Encode)?;
+        self.add_audit(&mut args)?;
         if let Some(value) = value {
             value.__encode(&mut args).map_err(sqlx::Error::Encode)?;
+        }
+        if let Intent::Revert { to } = self.intent {
+            args.add(to).map_err(sqlx::Error::Encode)?;
+            args.add(self.revert_at).map_err(sqlx::Error::Encode)?;
+        }
+        Ok(args)
+    }
+
+    /// Binds the write's actor, reason and context.
+    fn add_audit(&self, args: &mut PgArguments) -> sqlx::Result<()> {
+        args.add(self.audit.actor.as_deref()).map_err(sqlx::Error::Encode)?;
+        args.add(self.audit.reason.as_deref()).map_err(sqlx::Error::Encode)?;
+        args.add(self.audit.context.as_ref()).map_err(sqlx::Error::Encode)?;
+        Ok(())
+    }
+
+    /// The bind arguments of a partial update's statement (see [`crate::sql::patch`]); with `call`,
+    /// also the statement itself, for the table's committing procedure.
+    fn patch_args(&self, columns: &[&str], call: Option<&str>) -> sqlx::Result<PgArguments> {
+        let mut args = PgArguments::default();
+        args.add(self.entity_id).map_err(sqlx::Error::Encode)?;
+        args.add(lock_key(self.table, self.entity_id)).map_err(sqlx::Error::Encode)?;
+        args.add(self.id).map_err(sqlx::Error::Encode)?;
+        args.add(columns).map_err(sqlx::Error::Encode)?;
+        self.add_audit(&mut args)?;
+        if let Some(statement) = call {
+            args.add(statement).map_err(sqlx::Error::Encode)?;
         }
         Ok(args)
     }
@@ -203,29 +378,43 @@ fn column_names<T: Immutable>() -> Vec<&'static str> {
     T::TABLE.columns.iter().map(|c| c.name).collect()
 }
 
+impl Intent {
+    /// The version an update expects to follow, if any.
+    fn expected(self) -> Option<i64> {
+        match self {
+            Intent::Update { expected } => expected,
+            Intent::Insert | Intent::Delete | Intent::Undelete | Intent::Revert { .. } | Intent::Patch => None,
+        }
+    }
+}
+
 /// What a write routine returned (see [`crate::sql::Write`]).
-enum Written<T> {
+enum Outcome<T> {
     /// The stored version.
     Stored(Versioned<T>),
+    /// The write's data equals the latest version's, which it returned: nothing appended.
+    Unchanged(Versioned<T>),
     /// The entity's latest version refused the write: its number and tombstone.
     Refused { version: i64, deleted_at: Option<DateTime<Utc>> },
     /// The entity does not exist.
     Missing,
 }
 
-impl<T: Immutable> Written<T> {
-    /// Decodes a routine's row: every column of the table, by name.
-    fn decode(row: Option<&PgRow>) -> sqlx::Result<Written<T>> {
+impl<T: Immutable> Outcome<T> {
+    /// Decodes a routine's row: every column of the table, by name. A version whose id is not the
+    /// write's is the latest one, returned unchanged.
+    fn decode(row: Option<&PgRow>, target: &Target) -> sqlx::Result<Outcome<T>> {
         use crate::sql::{DELETED_AT, ENTITY_ID, ID, VERSION};
-        let Some(row) = row else { return Ok(Written::Missing) };
+        let Some(row) = row else { return Ok(Outcome::Missing) };
         let id: Option<Uuid> = row.try_get(ID)?;
         let entity: Option<Uuid> = row.try_get(ENTITY_ID)?;
         let version: Option<i64> = row.try_get(VERSION)?;
         let deleted_at: Option<DateTime<Utc>> = row.try_get(DELETED_AT)?;
         Ok(match (id, entity, version) {
-            (Some(_), ..) => Written::Stored(Versioned::decode_named(row)?),
-            (None, Some(_), Some(version)) => Written::Refused { version, deleted_at },
-            _ => Written::Missing,
+            (Some(id), ..) if id == target.id => Outcome::Stored(Versioned::decode_named(row)?),
+            (Some(_), ..) => Outcome::Unchanged(Versioned::decode_named(row)?),
+            (None, Some(_), Some(version)) => Outcome::Refused { version, deleted_at },
+            _ => Outcome::Missing,
         })
     }
 }
@@ -236,14 +425,15 @@ async fn write<T: Immutable>(
     kind: WriteKind,
     target: &Target,
     value: Option<&T>,
-) -> Result<Versioned<T>> {
+) -> Result<Written<T>> {
     let sql = T::__sql().write(kind);
-    let outcome = match run_write::<T>(conn, &sql.statement, &sql.call, target, || target.args(value)).await {
+    let statement = || Statement::Cached(&sql.statement);
+    let outcome = match run_write::<T>(conn, statement(), &sql.call, target, || target.args(value)).await {
         // The table changed since this connection prepared the statement (its result columns
         // differ): PostgreSQL refused it before running anything. Again, freshly prepared.
         Err(Error::Database(err)) if stale_statement(&err) => {
             conn.clear_cached_statements().await?;
-            run_write::<T>(conn, &sql.statement, &sql.call, target, || target.args(value)).await
+            run_write::<T>(conn, statement(), &sql.call, target, || target.args(value)).await
         }
         other => other,
     };
@@ -278,36 +468,44 @@ async fn write<T: Immutable>(
 /// every write).
 async fn run_write<T: Immutable>(
     conn: &mut PgConnection,
-    statement: &'static str,
-    call: &'static str,
+    statement: Statement<'_>,
+    call: &str,
     target: &Target,
     args: impl Fn() -> sqlx::Result<PgArguments>,
-) -> Result<Written<T>> {
+) -> Result<Outcome<T>> {
     let fail = |e: sqlx::Error| write_error::<T>(e, target.entity_id, target.intent);
     if conn.is_in_transaction() {
         let mut tx = Connection::begin(&mut *conn).await?;
-        let row = sqlx::query_with(statement, args()?).fetch_optional(&mut *tx).await.map_err(fail)?;
+        let (text, persistent, args) = match statement {
+            Statement::Cached(text) => (text, true, args()?),
+            Statement::Patch { text, args } => (text, false, args),
+        };
+        let row = sqlx::query_with(sqlx::AssertSqlSafe(text), args)
+            .persistent(persistent)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(fail)?;
         tx.commit().await?;
-        return Ok(Written::decode(row.as_ref())?);
+        return Ok(Outcome::decode(row.as_ref(), target)?);
     }
-    let outcome = match sqlx::query_with(call, args()?).fetch_one(&mut *conn).await {
+    let outcome = match sqlx::query_with(sqlx::AssertSqlSafe(call), args()?).fetch_one(&mut *conn).await {
         Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("2D000") => {
             tracing::warn!(
                 "the connection was inside a transaction sqlx does not track (a cancelled BEGIN, \
                  launchbadge/sqlx#4393, or a BEGIN run by hand): rolled it back before writing"
             );
             sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
-            sqlx::query_with(call, args()?).fetch_one(&mut *conn).await
+            sqlx::query_with(sqlx::AssertSqlSafe(call), args()?).fetch_one(&mut *conn).await
         }
         other => other,
     };
     match outcome {
         // (A missing entity leaves every column NULL.)
-        Ok(row) => Ok(Written::decode(Some(&row))?),
+        Ok(row) => Ok(Outcome::decode(Some(&row), target)?),
         Err(err) if may_have_committed(&err) => match stored_by_id::<T>(conn, target).await {
             Ok(Some(stored)) => {
                 tracing::warn!(id = %target.id, error = %err, "the write's CALL failed after it committed: the version is stored");
-                Ok(Written::Stored(stored))
+                Ok(Outcome::Stored(stored))
             }
             Ok(None) if matches!(err, sqlx::Error::Database(_)) => Err(fail(err)),
             Ok(None) | Err(_) => Err(unknown(target, err)),
@@ -424,29 +622,35 @@ fn commit_error<T: Immutable>(err: sqlx::Error, target: &Target) -> Error {
     }
 }
 
-/// The outcome of a write (see [`crate::sql::Write`]): the stored version, or the error the
-/// entity's latest version explains.
-fn written<T: Immutable>(outcome: Written<T>, target: &Target) -> Result<Versioned<T>> {
+/// The outcome of a write (see [`crate::sql::Write`]): the stored version, the unchanged latest
+/// one, or the error the entity's latest version explains.
+fn written<T: Immutable>(outcome: Outcome<T>, target: &Target) -> Result<Written<T>> {
     let (table, entity_id) = (target.table, target.entity_id);
     let (version, deleted_at) = match outcome {
-        Written::Stored(stored) => {
+        Outcome::Stored(stored) => {
             tracing::debug!(%entity_id, version = stored.version, intent = ?target.intent, "appended version");
-            return Ok(stored);
+            return Ok(Written::Appended(stored));
         }
-        Written::Missing => return Err(Error::NotFound { table, entity_id, version: None }),
-        Written::Refused { version, deleted_at } => (version, deleted_at),
+        Outcome::Unchanged(latest) => {
+            tracing::debug!(%entity_id, version = latest.version, intent = ?target.intent, "unchanged: nothing appended");
+            return Ok(Written::Unchanged(latest));
+        }
+        Outcome::Missing => return Err(Error::NotFound { table, entity_id, version: None }),
+        Outcome::Refused { version, deleted_at } => (version, deleted_at),
     };
     Err(match (target.intent, deleted_at) {
-        (Intent::Update { .. } | Intent::Delete, Some(deleted_at)) => {
+        (Intent::Update { .. } | Intent::Delete | Intent::Revert { .. } | Intent::Patch, Some(deleted_at)) => {
             Error::Deleted { table, entity_id, version, deleted_at }
         }
+        // Nothing to revert to: no such version, or the entity did not exist yet at the instant.
+        (Intent::Revert { to }, None) => Error::NotFound { table, entity_id, version: to },
         (Intent::Undelete, None) => Error::NotDeleted { table, entity_id, version },
         (Intent::Update { expected }, None) => {
             Error::VersionConflict { table, entity_id, expected, actual: Some(version) }
         }
         // Undelete of a tombstone and delete of a live version always append; an insert returns
         // its row (or fails in the trigger).
-        (Intent::Undelete, Some(_)) | (Intent::Delete, None) | (Intent::Insert, _) => {
+        (Intent::Undelete, Some(_)) | (Intent::Delete | Intent::Patch, None) | (Intent::Insert, _) => {
             Error::VersionConflict { table, entity_id, expected: None, actual: Some(version) }
         }
     })
@@ -484,11 +688,7 @@ fn write_error<T: Immutable>(err: sqlx::Error, entity_id: Uuid, intent: Intent) 
             || (code.as_deref() == Some(crate::error::INVALID_HISTORY_SQLSTATE)
                 && db.message().contains("skip or repeat"));
         if taken {
-            let expected = match intent {
-                Intent::Update { expected } => expected,
-                Intent::Insert | Intent::Delete | Intent::Undelete => None,
-            };
-            return Error::VersionConflict { table, entity_id, expected, actual: None };
+            return Error::VersionConflict { table, entity_id, expected: intent.expected(), actual: None };
         }
         if code.as_deref() == Some("55P03")
             || (code.as_deref() == Some("57014") && db.message().contains("statement timeout"))

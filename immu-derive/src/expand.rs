@@ -244,12 +244,18 @@ pub(crate) fn column_constants(
 }
 
 /// What each of [`RESERVED_COLUMNS`] holds, for the doc of its constant.
-const RESERVED_MEANINGS: [&str; 5] = [
+const RESERVED_MEANINGS: [&str; 11] = [
     "the id of one version row",
     "the id of the entity, the same in all its versions",
     "the version number: 1, 2, 3, ... without gaps",
     "when the version became current",
     "set only on a tombstone, the version a delete appends",
+    "who wrote the version (the actor of its `Audit`, or `immu.actor`)",
+    "why the version was written (the reason of its `Audit`, or `immu.reason`)",
+    "the context of the write (JSON, from its `Audit`, or `immu.context`)",
+    "the database user of the session that wrote the version",
+    "the `application_name` of the session that wrote the version",
+    "the version whose data a revert restored",
 ];
 
 /// The column index of the `i`th own column in `row`, as `columns` locates it.

@@ -5,7 +5,19 @@
 use proc_macro2::{Ident, Span};
 
 /// The columns immu adds to every versioned table (`immu_core::RESERVED_COLUMNS`).
-pub(crate) const RESERVED_COLUMNS: [&str; 5] = ["id", "entity_id", "version", "valid_from", "deleted_at"];
+pub(crate) const RESERVED_COLUMNS: [&str; 11] = [
+    "id",
+    "entity_id",
+    "version",
+    "valid_from",
+    "deleted_at",
+    "immu_actor",
+    "immu_reason",
+    "immu_context",
+    "immu_db_user",
+    "immu_application",
+    "immu_revert_of",
+];
 
 /// PostgreSQL's identifier length limit (`NAMEDATALEN - 1`).
 pub(crate) const MAX_IDENTIFIER_LEN: usize = 63;

@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use immu_core::{Error, Immutable, Versioned};
+use immu_core::{Audit, Error, Immutable, Versioned};
 use sqlx::postgres::{PgDatabaseError, PgSeverity};
 use sqlx::{Acquire, PgPool, Postgres};
 use uuid::Uuid;
@@ -224,7 +224,8 @@ where
     A: Acquire<'c, Database = Postgres> + Send + 'c,
 {
     let tag = tag.into();
-    let outcome = Outcome::of(Account::insert(db, Account::new(&tag, balance)).await);
+    let audit = Audit::actor(ACTOR).with_reason(tag.clone());
+    let outcome = Outcome::of(audit.scope(Account::insert(db, Account::new(&tag, balance))).await);
     let entity = outcome.version().map(|v| v.entity_id);
     Op { entity, kind: Kind::Insert { balance }, tag, group: None, outcome }
 }
@@ -237,23 +238,33 @@ where
     A: Acquire<'c, Database = Postgres> + Send + 'c,
 {
     let tag = tag.into();
-    let result = match kind {
-        Kind::Update { balance } => Account::update(db, entity, Account::new(&tag, balance)).await,
-        Kind::Modify { delta } => {
-            let owner = tag.clone();
-            Account::modify(db, entity, move |a| {
-                a.owner = owner;
-                a.balance += delta;
-            })
-            .await
-        }
-        Kind::UpdateIfVersion { expected, balance } => {
-            Account::update_if_version(db, entity, expected, Account::new(&tag, balance)).await
-        }
-        Kind::Delete => Account::delete(db, entity).await,
-        Kind::Undelete => Account::undelete(db, entity).await,
-        Kind::Insert { .. } | Kind::Raw { .. } => panic!("write() records existing-entity writes only"),
-    };
+    let audit = Audit::actor(ACTOR).with_reason(tag.clone());
+    let result = audit
+        .scope(async {
+            match kind {
+                Kind::Update { balance } => {
+                    Account::update(db, entity, Account::new(&tag, balance)).await.map(Versioned::from)
+                }
+                Kind::Modify { delta } => {
+                    let owner = tag.clone();
+                    Account::modify(db, entity, move |a| {
+                        a.owner = owner;
+                        a.balance += delta;
+                    })
+                    .await
+                    .map(Versioned::from)
+                }
+                Kind::UpdateIfVersion { expected, balance } => {
+                    Account::update_if_version(db, entity, expected, Account::new(&tag, balance))
+                        .await
+                        .map(Versioned::from)
+                }
+                Kind::Delete => Account::delete(db, entity).await,
+                Kind::Undelete => Account::undelete(db, entity).await,
+                Kind::Insert { .. } | Kind::Raw { .. } => panic!("write() records existing-entity writes only"),
+            }
+        })
+        .await;
     Op { entity: Some(entity), kind, tag, group: None, outcome: Outcome::of(result) }
 }
 
@@ -395,7 +406,17 @@ pub struct Row {
     pub owner: String,
     /// The balance.
     pub balance: i64,
+    /// Who wrote it ([`ACTOR`] for every write of a scenario).
+    pub immu_actor: Option<String>,
+    /// Why ([`insert`] and [`write`] give the op's tag).
+    pub immu_reason: Option<String>,
+    /// The database user the database stamped.
+    pub immu_db_user: Option<String>,
 }
+
+/// The actor of every write [`insert`] and [`write`] make: the checker verifies it, the op's tag
+/// as the reason, and a database user, on every acknowledged version.
+pub const ACTOR: &str = "reliability-checker";
 
 impl Row {
     fn same_data(&self, other: &Row) -> bool {
@@ -410,13 +431,26 @@ impl Row {
             && self.deleted_at == v.deleted_at
             && self.owner == v.owner
             && self.balance == v.balance
+            && self.immu_actor == v.provenance.actor
+            && self.immu_reason == v.provenance.reason
+            && self.immu_db_user == v.provenance.db_user
+    }
+
+    /// Whether the row records who wrote it and why as `op` gave it: the op's actor and tag (for
+    /// the ops [`insert`] and [`write`] make), and always a database user.
+    fn provenance_of(&self, op: &Op) -> bool {
+        let given = match op.kind {
+            Kind::Raw { .. } => true,
+            _ => self.immu_actor.as_deref() == Some(ACTOR) && self.immu_reason.as_deref() == Some(op.tag.as_str()),
+        };
+        given && self.immu_db_user.as_deref().is_some_and(|u| !u.is_empty())
     }
 }
 
 /// Every stored row of `accounts`, ordered by entity and version.
 pub async fn stored_rows(pool: &PgPool) -> sqlx::Result<Vec<Row>> {
     sqlx::query_as(
-        "SELECT id, entity_id, version, valid_from, deleted_at, owner, balance FROM accounts \
+        "SELECT id, entity_id, version, valid_from, deleted_at, owner, balance, immu_actor, immu_reason, immu_db_user FROM accounts \
          ORDER BY entity_id, version, id",
     )
     .fetch_all(pool)
@@ -426,7 +460,7 @@ pub async fn stored_rows(pool: &PgPool) -> sqlx::Result<Vec<Row>> {
 /// Every row of the projection `accounts_current` (one per entity: its latest version), by entity.
 pub async fn projected_rows(pool: &PgPool) -> sqlx::Result<Vec<Row>> {
     sqlx::query_as(
-        "SELECT id, entity_id, version, valid_from, deleted_at, owner, balance FROM accounts_current \
+        "SELECT id, entity_id, version, valid_from, deleted_at, owner, balance, immu_actor, immu_reason, immu_db_user FROM accounts_current \
          ORDER BY entity_id",
     )
     .fetch_all(pool)
@@ -472,6 +506,9 @@ pub struct Report {
     /// Entities whose row in the projection `accounts_current` is not exactly their highest
     /// stored version, and projection rows without versions.
     pub projection_mismatches: usize,
+    /// Acknowledged versions stored without the provenance their write gave (actor, reason) or
+    /// without the database user the database stamps.
+    pub wrong_provenance: usize,
     /// The first problems found, described.
     pub problems: Vec<String>,
 }
@@ -497,6 +534,7 @@ impl Report {
             + self.time_reversals
             + self.torn_transactions
             + self.projection_mismatches
+            + self.wrong_provenance
     }
 
     /// Adds `other`'s counters to this report (for a summary over scenarios).
@@ -517,6 +555,7 @@ impl Report {
         self.time_reversals += other.time_reversals;
         self.torn_transactions += other.torn_transactions;
         self.projection_mismatches += other.projection_mismatches;
+        self.wrong_provenance += other.wrong_provenance;
         for problem in &other.problems {
             if self.problems.len() < MAX_PROBLEMS {
                 self.problems.push(problem.clone());
@@ -555,6 +594,7 @@ impl fmt::Display for Report {
             ("time reversals", self.time_reversals),
             ("torn transactions", self.torn_transactions),
             ("projection mismatches", self.projection_mismatches),
+            ("wrong provenance", self.wrong_provenance),
         ];
         for (name, count) in others {
             if count > 0 {
@@ -586,13 +626,13 @@ pub async fn check(pool: &PgPool, history: &History) -> sqlx::Result<Report> {
     let mut tx = pool.begin().await?;
     sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT id, entity_id, version, valid_from, deleted_at, owner, balance FROM accounts \
+        "SELECT id, entity_id, version, valid_from, deleted_at, owner, balance, immu_actor, immu_reason, immu_db_user FROM accounts \
          ORDER BY entity_id, version, id",
     )
     .fetch_all(&mut *tx)
     .await?;
     let projected: Vec<Row> = sqlx::query_as(
-        "SELECT id, entity_id, version, valid_from, deleted_at, owner, balance FROM accounts_current \
+        "SELECT id, entity_id, version, valid_from, deleted_at, owner, balance, immu_actor, immu_reason, immu_db_user FROM accounts_current \
          ORDER BY entity_id",
     )
     .fetch_all(&mut *tx)
@@ -653,7 +693,20 @@ pub fn check_rows(rows: &[Row], projected: &[Row], history: &History) -> Report 
     for op in &history.ops {
         if let Outcome::Ok(v) = &op.outcome {
             match by_key.get(&(v.entity_id, v.version)) {
-                Some(row) if row.matches(v) => {}
+                Some(row) if row.matches(v) && row.provenance_of(op) => {}
+                Some(row) if row.matches(v) => {
+                    report.wrong_provenance += 1;
+                    report.problem(format!(
+                        "provenance: {} {:?} version {} of {} stored by {:?} ({:?}) as {:?}",
+                        op.kind.name(),
+                        op.tag,
+                        v.version,
+                        v.entity_id,
+                        row.immu_actor,
+                        row.immu_reason,
+                        row.immu_db_user
+                    ));
+                }
                 Some(row) => {
                     report.lost += 1;
                     report.problem(format!(
@@ -959,19 +1012,29 @@ mod tests {
             deleted_at: deleted.then_some(valid_from),
             owner: owner.to_owned(),
             balance,
+            immu_actor: Some(ACTOR.to_owned()),
+            // Set to the acknowledging op's tag by `report`.
+            immu_reason: None,
+            immu_db_user: Some("app".to_owned()),
         }
     }
 
     fn acked(kind: Kind, row: &Row) -> Op {
+        let tag = if kind.writes_tag() { row.owner.clone() } else { format!("copy-{}", row.version) };
         let version = Versioned {
             id: row.id,
             entity_id: row.entity_id,
             version: row.version,
             valid_from: row.valid_from,
             deleted_at: row.deleted_at,
+            provenance: immu_core::Provenance {
+                actor: row.immu_actor.clone(),
+                reason: Some(tag.clone()),
+                db_user: row.immu_db_user.clone(),
+                ..Default::default()
+            },
             data: Account::new(&row.owner, row.balance),
         };
-        let tag = if kind.writes_tag() { row.owner.clone() } else { format!("copy-{}", row.version) };
         Op { entity: Some(row.entity_id), kind, tag, group: None, outcome: Outcome::Ok(version) }
     }
 
@@ -1011,6 +1074,16 @@ mod tests {
     }
 
     fn report(rows: &[Row], history: &History) -> Report {
+        // Each row records the reason its acknowledging op gave (its tag), as a write would.
+        let mut rows = rows.to_vec();
+        for op in &history.ops {
+            if let Outcome::Ok(v) = &op.outcome {
+                for row in rows.iter_mut().filter(|r| (r.entity_id, r.version) == (v.entity_id, v.version)) {
+                    row.immu_reason.get_or_insert_with(|| op.tag.clone());
+                }
+            }
+        }
+        let rows = &rows[..];
         // The projection as the trigger keeps it: each entity's highest version.
         let mut projected: Vec<Row> = Vec::new();
         for row in rows {

@@ -68,13 +68,15 @@ async fn concurrent_optimistic_writers_exactly_one_wins_each_round(db: Db) -> Te
             let pool = pool.clone();
             let id = v1.entity_id;
             handles.push(tokio::spawn(async move {
-                Account::update_if_version(&pool, id, round, Account::new("hot", writer as i64)).await
+                // (Values differ from every earlier round's: an equal one would append nothing.)
+                Account::update_if_version(&pool, id, round, Account::new("hot", round * 100 + writer as i64 + 1)).await
             }));
         }
         let mut wins = 0;
         for handle in handles {
             match handle.await? {
                 Ok(v) => {
+                    assert!(v.is_appended());
                     assert_eq!(v.version, round + 1);
                     wins += 1;
                 }

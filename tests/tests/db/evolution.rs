@@ -151,7 +151,7 @@ async fn seed(db: &Db) -> Result<Seeded, Box<dyn std::error::Error + Send + Sync
         ids.push((name.to_owned(), v.entity_id));
         versions.push(v.clone());
         for i in 0..updates {
-            versions.push(Product::modify(&db.pool, v.entity_id, |p| p.price += 10 * (i + 1)).await?);
+            versions.push(Product::modify(&db.pool, v.entity_id, |p| p.price += 10 * (i + 1)).await?.into());
         }
     }
     let deleted = ids[2].1;
@@ -159,7 +159,7 @@ async fn seed(db: &Db) -> Result<Seeded, Box<dyn std::error::Error + Send + Sync
     let undeleted = ids[3].1;
     versions.push(Product::delete(&db.pool, undeleted).await?);
     versions.push(Product::undelete(&db.pool, undeleted).await?);
-    versions.push(Product::modify(&db.pool, undeleted, |p| p.name = "undeleted again".into()).await?);
+    versions.push(Product::modify(&db.pool, undeleted, |p| p.name = "undeleted again".into()).await?.into());
     let before_change = immu_core::Snapshot::now(&db.pool).await?.instant();
     Ok(Seeded { ids, before_change, versions, maker })
 }

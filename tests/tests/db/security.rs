@@ -411,6 +411,7 @@ async fn the_machinery_cannot_be_called_or_managed_by_the_application(db: Db) ->
         ("SELECT immu.sync_versioning('accounts')", "must be the owner"),
         ("SELECT immu.rebuild_projection('accounts')", "must be the owner"),
         ("SELECT immu.add_versioning('accounts')", "must be the owner"),
+        ("SELECT immu.configure_versioning('accounts', require_actor => false)", "must be the owner"),
         ("SELECT immu.upgrade()", ""),
         ("DELETE FROM immu.versioned_tables", ""),
         ("UPDATE immu.versioned_tables SET release = 0", ""),
@@ -422,7 +423,7 @@ async fn the_machinery_cannot_be_called_or_managed_by_the_application(db: Db) ->
     }
     // (An upgrade by the application does nothing, and the catalog rows it may not write are
     // invisible to its UPDATE and DELETE: row-level security.)
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM immu.versioned_tables WHERE release = 2")
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM immu.versioned_tables WHERE release = immu.release()")
         .fetch_one(&db.owner)
         .await?;
     assert_eq!(rows, 4);

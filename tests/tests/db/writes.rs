@@ -1,7 +1,7 @@
 //! The write path: insert, update, optimistic and read-modify-write updates, delete, undelete,
 //! transactions, the database clock.
 
-use immu_core::{Error, Immutable, Versioned};
+use immu_core::{Error, Immutable, Written};
 use immu_tests::harness::{Db, TestResult};
 use immu_tests::models::Account;
 use sqlx::{Acquire, Row};
@@ -186,7 +186,7 @@ impl From<Error> for WithdrawError {
     }
 }
 
-async fn withdraw(db: &Db, id: Uuid, amount: i64) -> Result<Versioned<Account>, WithdrawError> {
+async fn withdraw(db: &Db, id: Uuid, amount: i64) -> Result<Written<Account>, WithdrawError> {
     Account::try_modify(&db.pool, id, |a| {
         if a.balance < amount {
             return Err(WithdrawError::Insufficient { balance: a.balance });
@@ -352,7 +352,7 @@ async fn a_connection_left_in_an_untracked_transaction_still_commits_the_write(d
         sqlx::raw_sql("BEGIN").execute(&mut conn).await?;
         let written = match step {
             0 => Account::insert(&mut conn, Account::new("bob", 2)).await?,
-            1 => Account::update(&mut conn, v1.entity_id, Account::new("ada", 5)).await?,
+            1 => Account::update(&mut conn, v1.entity_id, Account::new("ada", 5)).await?.into(),
             2 => Account::delete(&mut conn, v1.entity_id).await?,
             _ => Account::undelete(&mut conn, v1.entity_id).await?,
         };

@@ -240,16 +240,22 @@ async fn write(
     kind: Kind,
     tag: &str,
 ) -> immu_core::Result<immu_core::Versioned<Account>> {
-    match kind {
-        Kind::Update { balance } => Account::update(&mut *conn, entity, Account::new(tag, balance)).await,
-        Kind::Modify { delta } => {
-            let owner = tag.to_owned();
-            Account::modify(&mut *conn, entity, move |a| {
-                a.owner = owner;
-                a.balance += delta;
-            })
-            .await
-        }
-        _ => unreachable!("the scenario writes updates and modifies"),
-    }
+    let audit = immu_core::Audit::actor(immu_tests::reliability::ACTOR).with_reason(tag);
+    let written = audit
+        .scope(async {
+            match kind {
+                Kind::Update { balance } => Account::update(&mut *conn, entity, Account::new(tag, balance)).await,
+                Kind::Modify { delta } => {
+                    let owner = tag.to_owned();
+                    Account::modify(&mut *conn, entity, move |a| {
+                        a.owner = owner;
+                        a.balance += delta;
+                    })
+                    .await
+                }
+                _ => unreachable!("the scenario writes updates and modifies"),
+            }
+        })
+        .await;
+    written.map(Into::into)
 }
