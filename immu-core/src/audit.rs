@@ -18,7 +18,7 @@
 //! (`SELECT immu.configure_versioning('accounts', require_actor => true);`), and a version without
 //! one is then refused with [`Error::ActorRequired`](crate::Error::ActorRequired).
 
-use std::future::Future;
+use std::future::IntoFuture;
 
 use serde::{Deserialize, Serialize};
 use sqlx::{Executor, Postgres};
@@ -106,12 +106,16 @@ impl Audit {
         self
     }
 
-    /// Runs `future` with this audit applied to every write it makes (on this task: a future
+    /// Runs `future` (any future, or a [`Patch`](crate::Patch)) with this audit applied to every
+    /// write it makes (on this task: a future
     /// spawned with `tokio::spawn` starts without it). Fields this audit leaves unset are those
     /// of the scope around it, if any.
-    pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
+    pub fn scope<F: IntoFuture>(
+        self,
+        future: F,
+    ) -> tokio::task::futures::TaskLocalFuture<Audit, F::IntoFuture> {
         let merged = self.over(Audit::current());
-        SCOPE.scope(merged, future)
+        SCOPE.scope(merged, future.into_future())
     }
 
     /// The audit of the current task's [`scope`](Self::scope), if any (empty otherwise).

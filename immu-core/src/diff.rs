@@ -158,7 +158,13 @@ where
     };
     let (old, new) = (row_of(from)?, row_of(to)?);
     let change = (to == from + 1).then(|| consecutive_change(&old, &new));
-    Ok(Diff { entity_id, from_version: Some(from), to_version: to, change, fields: fields::<T>(Some(&old), &new) })
+    Ok(Diff {
+        entity_id,
+        from_version: Some(from),
+        to_version: to,
+        change,
+        fields: fields::<T>(Some(&old), &new),
+    })
 }
 
 /// The kind of change a version (`new`, its JSON row) is after the one before it (`old`).
@@ -184,7 +190,9 @@ fn fields<T: Immutable>(old: Option<&serde_json::Value>, new: &serde_json::Value
     let mut names: Vec<&String> = new
         .keys()
         .chain(old.keys().filter(|k| !new.contains_key(*k)))
-        .filter(|k| !crate::RESERVED_COLUMNS.contains(&k.as_str()) && !k.starts_with(crate::schema::RESERVED_PREFIX))
+        .filter(|k| {
+            !crate::RESERVED_COLUMNS.contains(&k.as_str()) && !k.starts_with(crate::schema::RESERVED_PREFIX)
+        })
         .collect();
     let position = |name: &str| T::TABLE.columns.iter().position(|c| c.name == name).unwrap_or(usize::MAX);
     names.sort_by(|a, b| position(a).cmp(&position(b)).then_with(|| a.cmp(b)));

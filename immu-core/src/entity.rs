@@ -8,7 +8,9 @@ use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{Acquire, Executor, Postgres};
 use uuid::Uuid;
 
-use crate::sql::{ACTOR, APPLICATION, CONTEXT, DB_USER, DELETED_AT, ENTITY_ID, ID, REASON, REVERT_OF, VALID_FROM, VERSION};
+use crate::sql::{
+    ACTOR, APPLICATION, CONTEXT, DB_USER, DELETED_AT, ENTITY_ID, ID, REASON, REVERT_OF, VALID_FROM, VERSION,
+};
 use crate::{Query, Result, Versioned, Written, read, write};
 
 /// The columns immu adds to every versioned table that reads return before the entity's own: the
@@ -278,7 +280,11 @@ pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
     /// Fails with [`Error::NotFound`](crate::Error::NotFound) (with the version) if the entity has
     /// no such version, and with [`Error::Deleted`](crate::Error::Deleted) if the entity is
     /// deleted: a revert does not undelete; [`undelete`](Self::undelete) first, then revert.
-    fn revert<'c, A>(db: A, entity_id: Uuid, version: i64) -> impl Future<Output = Result<Written<Self>>> + Send + 'c
+    fn revert<'c, A>(
+        db: A,
+        entity_id: Uuid,
+        version: i64,
+    ) -> impl Future<Output = Result<Written<Self>>> + Send + 'c
     where
         A: Acquire<'c, Database = Postgres> + Send + 'c,
     {

@@ -134,8 +134,8 @@ pub use diff::{Change, Diff, FieldChange};
 pub use entity::RowLayout;
 pub use entity::{ColumnDef, Immutable, RESERVED_COLUMNS, TableDef};
 pub use error::{
-    ACTOR_REQUIRED_SQLSTATE, APPEND_ONLY_SQLSTATE, Error, INVALID_HISTORY_SQLSTATE, OptionalExt, Result, SCHEMA_DRIFT_SQLSTATE,
-    UNSAFE_SETUP_SQLSTATE,
+    ACTOR_REQUIRED_SQLSTATE, APPEND_ONLY_SQLSTATE, Error, INVALID_HISTORY_SQLSTATE, OptionalExt, Result,
+    SCHEMA_DRIFT_SQLSTATE, UNSAFE_SETUP_SQLSTATE,
 };
 pub use lock::lock_key;
 pub use query::{Join, Query, Resolution};

@@ -178,8 +178,14 @@ impl Sql {
             by_id,
             lock_latest,
             each_as_of,
-            writes: [WriteKind::Insert, WriteKind::Update, WriteKind::Delete, WriteKind::Undelete, WriteKind::Revert]
-                .map(|kind| write(table, kind)),
+            writes: [
+                WriteKind::Insert,
+                WriteKind::Update,
+                WriteKind::Delete,
+                WriteKind::Undelete,
+                WriteKind::Revert,
+            ]
+            .map(|kind| write(table, kind)),
             patch_call: format!(
                 "CALL {}(immu_kind => 'update', entity_id => $1, immu_lock => $2, id => $3, immu_columns => $4, \
                  immu_actor => $5, immu_reason => $6, immu_context => $7, immu_patch => $8)",
@@ -266,7 +272,8 @@ fn write(table: &TableDef, kind: WriteKind) -> Write {
 /// columns set, `$5`-`$7` the provenance (see [`Write`]).
 pub(crate) fn patch(table: &TableDef, sets: &[(&str, String)]) -> String {
     let alias = quote(table.name);
-    let values: String = sets.iter().map(|(column, value)| format!(", {} => ({value})", quote(column))).collect();
+    let values: String =
+        sets.iter().map(|(column, value)| format!(", {} => ({value})", quote(column))).collect();
     format!(
         "SELECT \"immu_w\".* FROM {latest}($1, $2) AS {alias}, LATERAL {write}(immu_kind => 'update', \
          immu_id => $3, immu_entity_id => $1, immu_expected => {alias}.{version}, immu_columns => $4, \

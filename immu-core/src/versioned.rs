@@ -112,7 +112,8 @@ impl<T: Immutable> Versioned<T> {
     /// order.
     pub(crate) fn decode_named(row: &PgRow) -> std::result::Result<Self, sqlx::Error> {
         use crate::sql::{
-            ACTOR, APPLICATION, CONTEXT, DB_USER, DELETED_AT, ENTITY_ID, ID, REASON, REVERT_OF, VALID_FROM, VERSION,
+            ACTOR, APPLICATION, CONTEXT, DB_USER, DELETED_AT, ENTITY_ID, ID, REASON, REVERT_OF, VALID_FROM,
+            VERSION,
         };
         Ok(Versioned {
             id: row.try_get(ID)?,

@@ -100,11 +100,7 @@ where
 
 /// Read-modify-write under the entity's lock.
 #[tracing::instrument(level = "debug", skip(db, f), fields(table = T::TABLE.name))]
-pub(crate) async fn modify<'c, T, A, F, E>(
-    db: A,
-    entity_id: Uuid,
-    f: F,
-) -> std::result::Result<Written<T>, E>
+pub(crate) async fn modify<'c, T, A, F, E>(db: A, entity_id: Uuid, f: F) -> std::result::Result<Written<T>, E>
 where
     T: Immutable,
     A: Acquire<'c, Database = Postgres> + Send + 'c,
@@ -295,11 +291,15 @@ enum Statement<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Intent {
     Insert,
-    Update { expected: Option<i64> },
+    Update {
+        expected: Option<i64>,
+    },
     Delete,
     Undelete,
     /// To version `to` (or to the version current at an instant: `None`).
-    Revert { to: Option<i64> },
+    Revert {
+        to: Option<i64>,
+    },
     Patch,
 }
 
@@ -383,7 +383,9 @@ impl Intent {
     fn expected(self) -> Option<i64> {
         match self {
             Intent::Update { expected } => expected,
-            Intent::Insert | Intent::Delete | Intent::Undelete | Intent::Revert { .. } | Intent::Patch => None,
+            Intent::Insert | Intent::Delete | Intent::Undelete | Intent::Revert { .. } | Intent::Patch => {
+                None
+            }
         }
     }
 }
@@ -639,9 +641,10 @@ fn written<T: Immutable>(outcome: Outcome<T>, target: &Target) -> Result<Written
         Outcome::Refused { version, deleted_at } => (version, deleted_at),
     };
     Err(match (target.intent, deleted_at) {
-        (Intent::Update { .. } | Intent::Delete | Intent::Revert { .. } | Intent::Patch, Some(deleted_at)) => {
-            Error::Deleted { table, entity_id, version, deleted_at }
-        }
+        (
+            Intent::Update { .. } | Intent::Delete | Intent::Revert { .. } | Intent::Patch,
+            Some(deleted_at),
+        ) => Error::Deleted { table, entity_id, version, deleted_at },
         // Nothing to revert to: no such version, or the entity did not exist yet at the instant.
         (Intent::Revert { to }, None) => Error::NotFound { table, entity_id, version: to },
         (Intent::Undelete, None) => Error::NotDeleted { table, entity_id, version },

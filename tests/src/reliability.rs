@@ -261,7 +261,9 @@ where
                 }
                 Kind::Delete => Account::delete(db, entity).await,
                 Kind::Undelete => Account::undelete(db, entity).await,
-                Kind::Insert { .. } | Kind::Raw { .. } => panic!("write() records existing-entity writes only"),
+                Kind::Insert { .. } | Kind::Raw { .. } => {
+                    panic!("write() records existing-entity writes only")
+                }
             }
         })
         .await;
@@ -441,7 +443,10 @@ impl Row {
     fn provenance_of(&self, op: &Op) -> bool {
         let given = match op.kind {
             Kind::Raw { .. } => true,
-            _ => self.immu_actor.as_deref() == Some(ACTOR) && self.immu_reason.as_deref() == Some(op.tag.as_str()),
+            _ => {
+                self.immu_actor.as_deref() == Some(ACTOR)
+                    && self.immu_reason.as_deref() == Some(op.tag.as_str())
+            }
         };
         given && self.immu_db_user.as_deref().is_some_and(|u| !u.is_empty())
     }

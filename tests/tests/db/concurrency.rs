@@ -69,7 +69,13 @@ async fn concurrent_optimistic_writers_exactly_one_wins_each_round(db: Db) -> Te
             let id = v1.entity_id;
             handles.push(tokio::spawn(async move {
                 // (Values differ from every earlier round's: an equal one would append nothing.)
-                Account::update_if_version(&pool, id, round, Account::new("hot", round * 100 + writer as i64 + 1)).await
+                Account::update_if_version(
+                    &pool,
+                    id,
+                    round,
+                    Account::new("hot", round * 100 + writer as i64 + 1),
+                )
+                .await
             }));
         }
         let mut wins = 0;

@@ -6,6 +6,7 @@
 //! Run: `cargo test --workspace` (all tests) or `cargo test --test db -- <filter>`.
 
 mod associations;
+mod audit;
 mod concurrency;
 mod demo;
 mod drift;
@@ -37,6 +38,7 @@ fn main() -> std::process::ExitCode {
             drift::tests(),
             import::tests(),
             sqlx_cli::tests(),
+            audit::tests(),
         ]
         .into_iter()
         .flatten()

@@ -423,9 +423,10 @@ async fn the_machinery_cannot_be_called_or_managed_by_the_application(db: Db) ->
     }
     // (An upgrade by the application does nothing, and the catalog rows it may not write are
     // invisible to its UPDATE and DELETE: row-level security.)
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM immu.versioned_tables WHERE release = immu.release()")
-        .fetch_one(&db.owner)
-        .await?;
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM immu.versioned_tables WHERE release = immu.release()")
+            .fetch_one(&db.owner)
+            .await?;
     assert_eq!(rows, 4);
     // The write function with odd arguments: unknown kinds and columns are refused.
     for sql in [

@@ -244,7 +244,9 @@ async fn write(
     let written = audit
         .scope(async {
             match kind {
-                Kind::Update { balance } => Account::update(&mut *conn, entity, Account::new(tag, balance)).await,
+                Kind::Update { balance } => {
+                    Account::update(&mut *conn, entity, Account::new(tag, balance)).await
+                }
                 Kind::Modify { delta } => {
                     let owner = tag.to_owned();
                     Account::modify(&mut *conn, entity, move |a| {
