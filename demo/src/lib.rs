@@ -1,7 +1,8 @@
 //! immu's demo: a small ledger (customers, accounts, transfers, advisors) that shows versions,
 //! as-of reads and lists, a join as of a past instant, history, delete/undelete, optimistic
-//! concurrency, the database refusing an `UPDATE`, and an entity changing shape between two
-//! releases of the app.
+//! concurrency, the database refusing an `UPDATE`, an entity changing shape between two
+//! releases of the app, and the audit trail: a request that sets its actor once, a partial
+//! update, a no-op write, diffs with who and why, and a revert.
 //!
 //! The test suite runs [`run`] end to end and checks the migrations in `demo/migrations/`
 //! against the DDL the derive generates.
@@ -9,8 +10,8 @@
 use std::io::Write;
 
 use chrono::{DateTime, Utc};
-use immu_core::sea_query::{ExprTrait, Order};
-use immu_core::{Error, Immutable, Snapshot, Versioned};
+use immu_core::sea_query::{Expr, ExprTrait, Order};
+use immu_core::{Audit, Change, Error, Immutable, Snapshot, Versioned};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -271,6 +272,75 @@ pub async fn run<W: Write + Send>(pool: &PgPool, out: &mut W) -> Result<(), Box<
         say!(out, "  {:<7} {:<6} {:<12} {:<10}", v.version, shape, v.first_name, v.last_name);
     }
     say!(out, "  (versions of shape 1 stay as written, and are converted on read)");
+
+    section(
+        out,
+        "11. Who and why: a request sets its actor once; a partial update, a no-op, diffs, a revert",
+    );
+    let before_fee = Snapshot::now(pool).await?;
+    // What a web handler's middleware does once per request: every write inside records it.
+    let request = Audit::actor("teller:eve").with_context(serde_json::json!({ "request_id": "req-7" }));
+    let (fee, same) = request
+        .scope(async {
+            // balance = balance - 5.00, computed by the database under the account's lock.
+            let fee = Audit::reason("monthly fee")
+                .scope(
+                    Account::patch(pool, checking.entity_id)
+                        .set(Account::BALANCE, Expr::col(Account::BALANCE).sub(dollars(5))),
+                )
+                .await?;
+            // Saving what is already there appends nothing, and says so.
+            let same = Account::update(pool, checking.entity_id, fee.data.clone()).await?;
+            Ok::<_, Error>((fee, same))
+        })
+        .await?;
+    say!(out, "  patch balance = balance - 5.00: version {}, balance {}", fee.version, money(fee.balance));
+    say!(
+        out,
+        "  update with the same data: appended {} (still version {})",
+        same.is_appended(),
+        same.version
+    );
+    let refund = Audit::actor("supervisor:sam")
+        .with_reason("fee charged in error")
+        .scope(Account::revert_as_of(pool, checking.entity_id, before_fee.instant()))
+        .await?;
+    say!(
+        out,
+        "  revert to the version before the fee: version {}, balance {}",
+        refund.version,
+        money(refund.balance)
+    );
+    say!(
+        out,
+        "  {:<7} {:<10} {:<15} {:<20} {:<13} changes",
+        "version",
+        "change",
+        "actor",
+        "reason",
+        "db user"
+    );
+    for (v, diff) in Account::history_with_diffs(pool, checking.entity_id).await? {
+        let change = match diff.change {
+            Some(Change::Reverted { to }) => format!("revert {to}"),
+            Some(other) => format!("{other:?}").to_lowercase(),
+            None => String::new(),
+        };
+        let fields: Vec<String> =
+            diff.fields.iter().map(|f| format!("{} {} -> {}", f.column, f.from, f.to)).collect();
+        say!(
+            out,
+            "  {:<7} {:<10} {:<15} {:<20} {:<13} {}",
+            v.version,
+            change,
+            v.provenance.actor.as_deref().unwrap_or("-"),
+            v.provenance.reason.as_deref().unwrap_or("-"),
+            v.provenance.db_user.as_deref().unwrap_or("-"),
+            fields.join(", ")
+        );
+    }
+    let by_eve = Account::query().all_versions().by_actor("teller:eve").count(pool).await?;
+    say!(out, "  account versions written by teller:eve: {by_eve}");
     say!(out, "\nDone.");
     Ok(())
 }

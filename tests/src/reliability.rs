@@ -1131,6 +1131,26 @@ mod tests {
     }
 
     #[test]
+    fn a_version_stored_without_its_provenance_is_reported() {
+        // Stored and acknowledged alike, but without the database user the trigger must stamp.
+        let (mut rows, mut history) = clean();
+        rows[1].immu_db_user = None;
+        if let Outcome::Ok(v) = &mut history.ops[1].outcome {
+            v.provenance.db_user = None;
+        }
+        let r = report(&rows, &history);
+        assert_eq!((r.wrong_provenance, r.lost), (1, 0), "{:?}", r.problems);
+        // ... or with another actor than the write gave.
+        let (mut rows, mut history) = clean();
+        rows[2].immu_actor = Some("someone else".into());
+        if let Outcome::Ok(v) = &mut history.ops[2].outcome {
+            v.provenance.actor = Some("someone else".into());
+        }
+        assert_eq!(report(&rows, &history).wrong_provenance, 1);
+        assert!(!report(&rows, &history).is_clean());
+    }
+
+    #[test]
     fn rows_of_no_op_or_of_failed_ops_are_reported() {
         let (mut rows, mut history) = clean();
         let e = rows[0].entity_id;

@@ -199,7 +199,7 @@ fn main() -> ExitCode {
 
     println!(
         "reliability: {ran} scenarios{}, {} acknowledged writes, {} lost, {} duplicate versions, {} gaps, \
-         {} phantom, {} state violations, {} time reversals; {} in {:.1}s",
+         {} phantom, {} state violations, {} time reversals, {} wrong provenance; {} in {:.1}s",
         if skipped > 0 { format!(" ({skipped} skipped)") } else { String::new() },
         total.acknowledged,
         total.lost,
@@ -208,6 +208,7 @@ fn main() -> ExitCode {
         total.phantom + total.written_by_failed + total.duplicate_writes + total.mismatched,
         total.state_violations + total.torn_transactions + total.projection_mismatches,
         total.time_reversals,
+        total.wrong_provenance,
         if failed == 0 { "PASS".to_owned() } else { format!("FAIL ({failed} failed)") },
         started.elapsed().as_secs_f64()
     );
