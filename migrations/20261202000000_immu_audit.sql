@@ -111,6 +111,12 @@ CREATE FUNCTION immu.option(history regclass, name text) RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 RETURN coalesce((SELECT (v.options->>name)::boolean FROM immu.versioned_tables v WHERE v.table_name = history), false);
 
+-- Whether `actor` names someone: not NULL, and not only blanks (white space, zero-width and other
+-- invisible format characters).
+CREATE FUNCTION immu.is_actor(actor text) RETURNS boolean
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
+RETURN actor IS NOT NULL AND pg_catalog.regexp_replace(actor, '[[:space:]\u00a0\u1680\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u3000\ufeff]', '', 'g') <> '';
+
 -- The machinery, regenerated: release 2's generator with provenance, reverts, no-op writes and
 -- partial updates.
 
@@ -155,10 +161,16 @@ DECLARE
     anchor_table regclass;
     old text;
     provenance text;      -- the trigger's stamping of who wrote a version
+    revert_same text;     -- the trigger: a revert's data equals the version it reverts to
     same_new text;        -- the write function: the new data equals the latest version's
     same_revert text;     -- the write function: version n's data equals the latest version's
     reverted_values text; -- the write function: a revert's row
     skip_identical boolean;
+    require_actor text;   -- the write function's refusal of a write without an actor, if the table requires one
+    -- The write function's own-column parameters follow its 12 fixed ones. The generated code names
+    -- them by position ($13, ...), never by name: a column may be named like a PL/pgSQL variable
+    -- (found), which a name, even qualified with the function's, would resolve to instead.
+    own_first integer := 12;
 BEGIN
     PERFORM immu.require_owner(history);
     SELECT * INTO STRICT entry FROM immu.versioned_tables v WHERE v.table_name = history;
@@ -192,6 +204,14 @@ BEGIN
                       string_agg(format('NEW.%I::%s', x.c, x.t), ', ' ORDER BY x.o))
           INTO same_data FROM unnest(own_cols, own_ptypes) WITH ORDINALITY AS x (c, t, o);
     END IF;
+    IF own_count = 0 THEN
+        revert_same := '(immu_r.immu_shape IS NOT DISTINCT FROM NEW.immu_shape)';
+    ELSE
+        SELECT format('(ROW(%s, immu_r.immu_shape)::record OPERATOR(pg_catalog.*=) ROW(%s, NEW.immu_shape)::record)',
+                      string_agg(format('immu_r.%I::%s', x.c, x.t), ', ' ORDER BY x.o),
+                      string_agg(format('NEW.%I::%s', x.c, x.t), ', ' ORDER BY x.o))
+          INTO revert_same FROM unnest(own_cols, own_ptypes) WITH ORDINALITY AS x (c, t, o);
+    END IF;
     provenance := $p$-- Who wrote it: the session's database user and application_name, always (nobody can
     -- give others); the actor, reason and context the write gave, else this transaction's
     -- settings immu.actor, immu.reason and immu.context.
@@ -209,17 +229,37 @@ BEGIN
     IF NEW.immu_revert_of IS NOT NULL AND (NEW.immu_revert_of < 1 OR NEW.immu_revert_of >= NEW.version) THEN
         RAISE EXCEPTION 'version % of entity % reverts to version %, which is not an earlier version', NEW.version, NEW.entity_id, NEW.immu_revert_of
             USING ERRCODE = 'IMMU2', SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'immu_revert_of';
+    END IF;
+    -- A revert carries the data of the version it reverts to.
+    IF NEW.immu_revert_of IS NOT NULL AND NOT EXISTS (
+        SELECT FROM ONLY $p$ || history::text || $p$ AS immu_r
+        WHERE immu_r.entity_id = NEW.entity_id AND immu_r.version = NEW.immu_revert_of
+          AND $p$ || revert_same || $p$) THEN
+        RAISE EXCEPTION 'version % of entity % says it reverts to version %, and its data differs from that version''s', NEW.version, NEW.entity_id, NEW.immu_revert_of
+            USING ERRCODE = 'IMMU2', SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'immu_revert_of';
     END IF;$p$;
     IF immu.option(history, 'require_actor') THEN
         provenance := provenance || format($p$
-    -- The table requires an actor (immu.configure_versioning).
-    IF NEW.immu_actor IS NULL OR NEW.immu_actor = '' THEN
+    -- The table requires an actor (immu.configure_versioning): not blank.
+    IF NOT immu.is_actor(NEW.immu_actor) THEN
         RAISE EXCEPTION 'version %% of entity %% has no actor, and %s requires one', NEW.version, NEW.entity_id
             USING ERRCODE = 'IMMU5', SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'immu_actor',
                   HINT = 'Give the write an actor (immu_core::Audit), or SET LOCAL immu.actor = ''...'' in its transaction.';
     END IF;$p$, replace(replace(history::text, '%', '%%'), '''', ''''''));
     END IF;
     skip_identical := NOT immu.option(history, 'record_identical');
+    require_actor := '';
+    IF immu.option(history, 'require_actor') THEN
+        -- Also before a write that would append nothing: a write without an actor fails, whatever it is.
+        require_actor := format($p$
+    IF NOT immu.is_actor(coalesce(immu_actor, NULLIF(pg_catalog.current_setting('immu.actor', true), ''))) THEN
+        RAISE EXCEPTION 'a write to entity %% has no actor, and %s requires one', immu_entity_id
+            USING ERRCODE = 'IMMU5', SCHEMA = %L, TABLE = %L, COLUMN = 'immu_actor',
+                  HINT = 'Give the write an actor (immu_core::Audit), or SET LOCAL immu.actor = ''...'' in its transaction.';
+    END IF;$p$, replace(replace(history::text, '%', '%%'), '''', ''''''),
+            (SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = history),
+            (SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = history));
+    END IF;
     health := format('PERFORM immu.assert_machinery(%L::regclass, %L::regclass, %L::jsonb, %L::jsonb);',
                      history::text, projection::text, immu.live_shape(history), immu.live_shape(projection));
 
@@ -381,7 +421,10 @@ $t$, latest_fn, projection, immu.release(), health);
                           WHEN 'immu_db_user' THEN 'NULL'
                           WHEN 'immu_application' THEN 'NULL'
                           WHEN 'immu_revert_of' THEN 'NULL'
-                          ELSE format('%I.%I', write_bare, c.name) END,
+                          WHEN 'immu_actor' THEN format('%I.%I', write_bare, c.name)
+                          WHEN 'immu_reason' THEN format('%I.%I', write_bare, c.name)
+                          WHEN 'immu_context' THEN format('%I.%I', write_bare, c.name)
+                          ELSE format('$%s', own_first + array_position(own_cols, c.name::text)) END,
                       ', ' ORDER BY c.attnum),
            string_agg(CASE c.name
                           WHEN 'id' THEN 'immu_id'
@@ -396,8 +439,9 @@ $t$, latest_fn, projection, immu.release(), health);
                           WHEN 'immu_db_user' THEN 'NULL'
                           WHEN 'immu_application' THEN 'NULL'
                           WHEN 'immu_revert_of' THEN 'NULL'
-                          ELSE format('CASE WHEN immu_keep[%s] THEN immu_latest.%I ELSE %I.%I END',
-                                      array_position(own_cols, c.name::text), c.name, write_bare, c.name) END,
+                          ELSE format('CASE WHEN immu_keep[%s] THEN immu_latest.%I ELSE $%s END',
+                                      array_position(own_cols, c.name::text), c.name,
+                                      own_first + array_position(own_cols, c.name::text)) END,
                       ', ' ORDER BY c.attnum),
            string_agg(CASE c.name
                           WHEN 'id' THEN 'immu_id'
@@ -433,7 +477,7 @@ $t$, latest_fn, projection, immu.release(), health);
     -- Whether the data a write would append equals the latest version's: its own columns (as the
     -- projection holds them) and its shape, by binary image.
     SELECT format('(ROW(%s)::record OPERATOR(pg_catalog.*=) ROW(%s)::record)',
-                  string_agg(format('(CASE WHEN immu_keep[%s] THEN immu_latest.%I ELSE %I.%I::%s END)', x.o, x.c, write_bare, x.c, x.t), ', ' ORDER BY x.o) || ', immu_shape',
+                  string_agg(format('(CASE WHEN immu_keep[%s] THEN immu_latest.%I ELSE $%s::%s END)', x.o, x.c, own_first + x.o, x.t), ', ' ORDER BY x.o) || ', immu_shape',
                   string_agg(format('immu_latest.%I', x.c), ', ' ORDER BY x.o) || ', immu_latest.immu_shape'),
            format('(ROW(%s)::record OPERATOR(pg_catalog.*=) ROW(%s)::record)',
                   string_agg(format('immu_target.%I::%s', x.c, x.t), ', ' ORDER BY x.o) || ', immu_target.immu_shape',
@@ -491,6 +535,7 @@ BEGIN
         RAISE EXCEPTION 'immu_columns names columns %% does not have among %%', %12$L, immu_columns
             USING ERRCODE = 'undefined_column';
     END IF;
+    %20$s
     PERFORM pg_catalog.pg_advisory_xact_lock(immu_lock) WHERE immu_lock IS NOT NULL;
     SELECT immu_c.* INTO immu_latest FROM %4$s AS immu_c WHERE immu_c.entity_id = immu_entity_id;
     IF FOUND AND immu_latest.id = immu_id THEN
@@ -563,7 +608,8 @@ $t$, write_fn, params, history, projection, health, own_count, cols, inserted_va
         CASE WHEN skip_identical THEN same_new ELSE 'false' END,
         CASE WHEN skip_identical THEN 'the default' ELSE 'never: this table records identical versions' END,
         reverted_values,
-        CASE WHEN skip_identical THEN same_revert ELSE 'false' END);
+        CASE WHEN skip_identical THEN same_revert ELSE 'false' END,
+        require_actor);
 
     -- The committing procedure: the write function's call and COMMIT, in one round trip, outside
     -- any transaction block (inside one, PostgreSQL refuses the COMMIT: SQLSTATE 2D000). No SET
@@ -571,12 +617,15 @@ $t$, write_fn, params, history, projection, health, own_count, cols, inserted_va
     -- statement (immu_patch): the entity's latest version, locked, and the write function called
     -- with expressions over it, all built by immu_core and run with the caller's rights, like any
     -- statement the caller sends.
-    SELECT string_agg(format('INOUT %I %s DEFAULT NULL', c.name, c.type),
-                      ', ' ORDER BY CASE WHEN c.name = ANY (reserved) THEN 0 ELSE 1 END, c.attnum),
-           string_agg(quote_ident(c.name), ', ' ORDER BY c.attnum)
-      INTO proc_params, into_list FROM immu.columns_of(history) c;
-    SELECT coalesce(string_agg(format(', %I => %I', x.c, x.c), '' ORDER BY x.o), '')
-      INTO arg_list FROM unnest(own_cols) WITH ORDINALITY AS x (c, o);
+    -- The procedure's parameters: 7 fixed ones, then every column, immu's first; named in its body
+    -- by position (see own_first).
+    SELECT string_agg(format('INOUT %I %s DEFAULT NULL', p.name, p.type), ', ' ORDER BY p.pos),
+           string_agg(format('$%s', p.pos), ', ' ORDER BY p.attnum),
+           coalesce(string_agg(format(', %I => $%s', p.name, p.pos), '' ORDER BY p.pos) FILTER (WHERE NOT p.reserved), '')
+      INTO proc_params, into_list, arg_list
+      FROM (SELECT c.name, c.type, c.attnum, c.name = ANY (reserved) AS reserved,
+                   7 + row_number() OVER (ORDER BY CASE WHEN c.name = ANY (reserved) THEN 0 ELSE 1 END, c.attnum) AS pos
+            FROM immu.columns_of(history) c) AS p;
     FOR old IN SELECT p.oid::regprocedure::text FROM pg_catalog.pg_proc p
                WHERE p.proname = commit_bare
                  AND p.pronamespace = (SELECT c.relnamespace FROM pg_catalog.pg_class c WHERE c.oid = history)
@@ -607,13 +656,20 @@ BEGIN
                              immu_revert_to => immu_revert_to, immu_revert_at => immu_revert_at%4$s) AS w
             INTO %5$s;
     ELSE
-        EXECUTE immu_patch USING entity_id, immu_lock, id, immu_columns, immu_actor, immu_reason, immu_context
-            INTO %5$s;
+        -- One row (the version, or the refusal) or none (no such entity); never more.
+        BEGIN
+            EXECUTE immu_patch USING entity_id, immu_lock, id, immu_columns, immu_actor, immu_reason, immu_context
+                INTO STRICT %5$s;
+        EXCEPTION WHEN no_data_found THEN
+            -- No such entity: every column NULL, as the function's empty result leaves them.
+            SELECT %7$s INTO %5$s;
+        END;
     END IF;
     COMMIT;
 END
 $immu$;
-$t$, commit_proc, proc_params, write_fn, arg_list, into_list, immu.release());
+$t$, commit_proc, proc_params, write_fn, arg_list, into_list, immu.release(),
+        (SELECT string_agg('NULL', ', ') FROM immu.columns_of(history) c));
 
     -- Triggers, ENABLE ALWAYS: they fire under session_replication_role = replica too. The
     -- projection's guards are described at immu.guard_projection.

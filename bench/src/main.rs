@@ -255,7 +255,7 @@ async fn bench(config: &Config, server: &TestDatabase) -> Result<(), BoxError> {
         library_balance,
         library_version,
         plain_balance,
-        library_ops: report::hot_ops(&results, Role::Library),
+        library_ops: report::hot_ops(&results, Role::Library) + report::hot_ops(&results, Role::LibraryPatch),
         plain_ops: report::hot_ops(&results, Role::Floor),
     };
     if !hot.exact() {

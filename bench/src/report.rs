@@ -174,6 +174,7 @@ impl Report<'_> {
         }
         writeln!(out)?;
         self.summary(out)?;
+        self.variants(out)?;
         self.details(out)?;
         self.storage_section(out)?;
         self.memory_section(out)?;
@@ -305,6 +306,45 @@ impl Report<'_> {
             }
             Target::Exact => ("0 errors, exact final value".into(), Some(no_errors && self.hot.exact())),
         }
+    }
+
+    /// The library's own variants against its plain calls, in the same rounds: what writing who
+    /// and why costs, and a partial update against read-modify-write.
+    fn variants(&self, out: &mut String) -> std::fmt::Result {
+        let rows: Vec<String> = self
+            .results
+            .iter()
+            .flat_map(|(scenario, outcome)| {
+                let unit = scenario.unit;
+                let value = move |role| outcome.get(role).map(|m| m.median(unit)).unwrap_or(f64::NAN);
+                let library = value(Role::Library);
+                [Role::LibraryAudited, Role::LibraryPatch].into_iter().filter_map(move |role| {
+                    let v = value(role);
+                    (!v.is_nan()).then(|| {
+                        format!(
+                            "| {} | {} | {} | {} | {} |",
+                            scenario.title,
+                            role.name(),
+                            num(library),
+                            num(v),
+                            ratio(v / library)
+                        )
+                    })
+                })
+            })
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        writeln!(out, "### The library's variants, same rounds")?;
+        writeln!(out)?;
+        writeln!(out, "| scenario | variant | library | variant | variant ÷ library |")?;
+        writeln!(out, "|---|---|---:|---:|---:|")?;
+        for row in rows {
+            writeln!(out, "{row}")?;
+        }
+        writeln!(out)?;
+        Ok(())
     }
 
     /// Per-variant rounds: what each ran, spread, operations, errors.

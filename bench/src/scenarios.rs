@@ -37,6 +37,10 @@ pub(crate) enum Role {
     Periods,
     /// The `GROUP BY entity_id MAX(version)` join on immu's table.
     GroupByMax,
+    /// immu through its public API, every write with an `Audit` (actor, reason, JSON context).
+    LibraryAudited,
+    /// immu's partial update (`Account::patch`), computed by the database.
+    LibraryPatch,
 }
 
 impl Role {
@@ -47,6 +51,8 @@ impl Role {
             Role::Library => "library",
             Role::Periods => "periods",
             Role::GroupByMax => "GROUP BY MAX",
+            Role::LibraryAudited => "library + audit",
+            Role::LibraryPatch => "library patch",
         }
     }
 }
@@ -458,6 +464,17 @@ fn library_update<'a>(conn: &'a mut PgConnection, w: &'a mut Worker) -> OpFuture
     })
 }
 
+fn library_update_audited<'a>(conn: &'a mut PgConnection, w: &'a mut Worker) -> OpFuture<'a> {
+    let ((id, owner), balance) = (w.own_entity(), w.balance());
+    let audit = immu_core::Audit::actor(format!("client-{}", w.client))
+        .with_reason("benchmark")
+        .with_context(serde_json::json!({ "request_id": balance }));
+    Box::pin(async move {
+        black_box(audit.scope(Account::update(conn, id, Account { owner, balance })).await?);
+        Ok(())
+    })
+}
+
 fn periods_update<'a>(conn: &'a mut PgConnection, w: &'a mut Worker) -> OpFuture<'a> {
     let ((id, owner), balance) = (w.own_entity(), w.balance());
     Box::pin(async move {
@@ -488,6 +505,15 @@ fn library_hot<'a>(conn: &'a mut PgConnection, w: &'a mut Worker) -> OpFuture<'a
     let id = w.ctx.hot;
     Box::pin(async move {
         black_box(Account::modify(conn, id, |a| a.balance += 1).await?);
+        Ok(())
+    })
+}
+
+fn library_hot_patch<'a>(conn: &'a mut PgConnection, w: &'a mut Worker) -> OpFuture<'a> {
+    use immu_core::sea_query::{Expr, ExprTrait};
+    let id = w.ctx.hot;
+    Box::pin(async move {
+        black_box(Account::patch(conn, id).set(Account::BALANCE, Expr::col(Account::BALANCE).add(1)).await?);
         Ok(())
     })
 }
@@ -656,6 +682,11 @@ pub(crate) fn all(periods: bool) -> Vec<Scenario> {
                 Some(v(Role::Floor, "UPDATE ... WHERE id = $1", plain_update)),
                 Some(v(Role::Library, "Account::update", library_update)),
                 peer(v(Role::Periods, "UPDATE (history row written by its trigger)", periods_update)),
+                Some(v(
+                    Role::LibraryAudited,
+                    "Audit::actor(..).with_reason(..).with_context(..).scope(Account::update)",
+                    library_update_audited,
+                )),
             ]),
             target: Target::AtLeastAndAbovePeriods(0.8),
             note: "each client writes its own share of the entities; the floor's UPDATE changes no indexed \
@@ -671,6 +702,11 @@ pub(crate) fn all(periods: bool) -> Vec<Scenario> {
                 Some(v(Role::Floor, "UPDATE ... WHERE id = $1", plain_update)),
                 Some(v(Role::Library, "Account::update", library_update)),
                 peer(v(Role::Periods, "UPDATE (history row written by its trigger)", periods_update)),
+                Some(v(
+                    Role::LibraryAudited,
+                    "Audit::actor(..).with_reason(..).with_context(..).scope(Account::update)",
+                    library_update_audited,
+                )),
             ]),
             target: Target::AtLeastAndAbovePeriods(0.65),
             note: "each client writes its own share of the entities",
@@ -683,6 +719,11 @@ pub(crate) fn all(periods: bool) -> Vec<Scenario> {
             variants: with(vec![
                 Some(v(Role::Floor, "BEGIN; SELECT ... FOR UPDATE; UPDATE; COMMIT", plain_hot)),
                 Some(v(Role::Library, "Account::modify(.., |a| a.balance += 1)", library_hot)),
+                Some(v(
+                    Role::LibraryPatch,
+                    "Account::patch(..).set(BALANCE, BALANCE + 1)",
+                    library_hot_patch,
+                )),
             ]),
             target: Target::Exact,
             note: "errors must be 0 and the final balance must equal the number of successful calls",

@@ -13,8 +13,9 @@
 //! | `immu_revert_of`   | the version a [`revert`](crate::Immutable::revert) restored             |
 //!
 //! The database user and application are stamped by the insert trigger for every version, immu's
-//! or raw SQL's, and no writer can give others: nothing is anonymous. The actor, reason and
-//! context are what the application says; a table can require an actor
+//! or raw SQL's: nothing is anonymous. The database user is evidence (no writer can record
+//! another); the application name, like the actor, reason and context, is what the client says
+//! (any session sets its own `application_name`). A table can require an actor
 //! (`SELECT immu.configure_versioning('accounts', require_actor => true);`), and a version without
 //! one is then refused with [`Error::ActorRequired`](crate::Error::ActorRequired).
 
@@ -126,7 +127,9 @@ impl Audit {
     /// Sets this audit for the rest of the caller's database transaction (`SET LOCAL immu.actor`,
     /// `immu.reason`, `immu.context`): every version the transaction writes without an audit of
     /// its own records it, raw SQL's included. Outside a transaction it lasts for one statement,
-    /// so call it on a transaction. Fields left unset clear the setting.
+    /// so call it on a transaction. Fields left unset clear the setting. (A session-level `SET
+    /// immu.actor` would outlive the transaction, and on a pooled connection reach its next user:
+    /// immu never makes one.)
     ///
     /// ```no_run
     /// # use immu_core::{Audit, Immutable};
@@ -178,7 +181,8 @@ pub struct Provenance {
     pub context: Option<serde_json::Value>,
     /// The database user of the session that wrote it (`session_user`), stamped by the database.
     pub db_user: Option<String>,
-    /// The `application_name` of the session that wrote it, stamped by the database.
+    /// The `application_name` of the session that wrote it, stamped by the database (a name the
+    /// client chose, not evidence).
     pub application: Option<String>,
     /// On a version appended by [`revert`](crate::Immutable::revert): the version whose data it
     /// restored.

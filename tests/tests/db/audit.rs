@@ -21,7 +21,19 @@ immu_tests::tests![
     partial_updates_compute_in_the_database_under_the_lock,
     thirty_two_partial_updates_racing_on_one_entity_lose_nothing,
     a_partial_update_takes_values_literally,
+    a_column_named_like_a_plpgsql_variable_is_stored_as_written,
+    blank_actors_and_no_op_writes_without_an_actor_are_refused,
+    a_version_that_claims_a_revert_must_carry_that_versions_data,
+    a_partial_update_statement_returning_two_rows_commits_nothing,
 ];
+
+/// A table with a column named like PL/pgSQL's `FOUND` (attack round 3, finding 1).
+#[derive(Debug, Clone, PartialEq, Immutable)]
+#[immu(table = "lost_items")]
+struct LostItem {
+    name: String,
+    found: bool,
+}
 
 async fn session_user(db: &Db) -> sqlx::Result<String> {
     sqlx::query_scalar("SELECT session_user::text").fetch_one(&db.pool).await
@@ -400,5 +412,104 @@ async fn a_partial_update_takes_values_literally(db: Db) -> TestResult {
     // The connection stays usable for ordinary statements after patches (nothing left prepared).
     let mut conn = db.pool.acquire().await?;
     conn.ping().await?;
+    Ok(())
+}
+
+async fn a_column_named_like_a_plpgsql_variable_is_stored_as_written(db: Db) -> TestResult {
+    sqlx::raw_sql(
+        "CREATE TABLE lost_items (name text NOT NULL, found boolean NOT NULL); \
+         SELECT immu.add_versioning('lost_items'); \
+         GRANT SELECT, INSERT ON lost_items TO immu_test_app; GRANT SELECT ON lost_items_current TO immu_test_app;",
+    )
+    .execute(&db.owner)
+    .await?;
+    // Each write path: the procedure (pool), the function (a caller's transaction), patch, revert.
+    let v1 = LostItem::insert(&db.pool, LostItem { name: "keys".into(), found: true }).await?;
+    assert!(v1.found);
+    let v2 = LostItem::update(&db.pool, v1.entity_id, LostItem { name: "keys".into(), found: false }).await?;
+    assert!(v2.is_appended() && !v2.found, "a change of `found` alone is a change");
+    let mut tx = db.pool.begin().await?;
+    let v3 = LostItem::update(&mut *tx, v1.entity_id, LostItem { name: "keys".into(), found: true }).await?;
+    tx.commit().await?;
+    assert!(v3.found);
+    let v4 = LostItem::patch(&db.pool, v1.entity_id).set(LostItem::FOUND, false).await?;
+    assert!(!v4.found);
+    let v5 = LostItem::revert(&db.pool, v1.entity_id, 1).await?;
+    assert!(v5.found);
+    let stored: Vec<bool> =
+        LostItem::history(&db.pool, v1.entity_id).await?.iter().map(|v| v.found).collect();
+    assert_eq!(stored, [true, false, true, false, true]);
+    let projection: i64 = sqlx::query_scalar("SELECT count(*) FROM immu.check_projection('lost_items')")
+        .fetch_one(&db.owner)
+        .await?;
+    assert_eq!(projection, 0);
+    Ok(())
+}
+
+async fn blank_actors_and_no_op_writes_without_an_actor_are_refused(db: Db) -> TestResult {
+    let v1 = Account::insert(&db.pool, Account::new("ada", 1)).await?;
+    sqlx::query("SELECT immu.configure_versioning('accounts', require_actor => true)")
+        .execute(&db.owner)
+        .await?;
+    for blank in [" ", "\t\n", "\u{200b}", "\u{a0}\u{feff}"] {
+        let err = Audit::actor(blank)
+            .scope(Account::modify(&db.pool, v1.entity_id, |a| a.balance += 1))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::ActorRequired { .. }), "{blank:?}: {err:?}");
+    }
+    // A write that would append nothing is refused too.
+    let err = Account::update(&db.pool, v1.entity_id, Account::new("ada", 1)).await.unwrap_err();
+    assert!(matches!(err, Error::ActorRequired { .. }), "{err:?}");
+    let err = Account::patch(&db.pool, v1.entity_id).set(Account::BALANCE, 1).await.unwrap_err();
+    assert!(matches!(err, Error::ActorRequired { .. }), "{err:?}");
+    assert_eq!(Account::history(&db.pool, v1.entity_id).await?.len(), 1);
+    let named =
+        Audit::actor(" ada ").scope(Account::modify(&db.pool, v1.entity_id, |a| a.balance += 1)).await?;
+    assert_eq!(named.provenance.actor.as_deref(), Some(" ada "));
+    Ok(())
+}
+
+async fn a_version_that_claims_a_revert_must_carry_that_versions_data(db: Db) -> TestResult {
+    let v1 = Account::insert(&db.pool, Account::new("ada", 1)).await?;
+    Account::modify(&db.pool, v1.entity_id, |a| a.balance = 2).await?;
+    let claim = |owner: &'static str, balance: i64| {
+        sqlx::query(
+            "INSERT INTO accounts (id, entity_id, version, owner, balance, immu_revert_of) \
+             VALUES (gen_random_uuid(), $1, 3, $2, $3, 1)",
+        )
+        .bind(v1.entity_id)
+        .bind(owner)
+        .bind(balance)
+    };
+    let err = claim("evil", 1_000_000).execute(&db.pool).await.unwrap_err();
+    assert!(matches!(Error::from(err), Error::InvalidHistory { .. }));
+    // Version 1's data: a true revert (its shape, NULL for a raw insert, differs from version 1's).
+    let err = claim("ada", 1).execute(&db.pool).await.unwrap_err();
+    assert!(matches!(Error::from(err), Error::InvalidHistory { .. }), "version 1 has shape 1, this one none");
+    sqlx::query(
+        "INSERT INTO accounts (id, entity_id, version, owner, balance, immu_shape, immu_revert_of) \
+         VALUES (gen_random_uuid(), $1, 3, 'ada', 1, 1, 1)",
+    )
+    .bind(v1.entity_id)
+    .execute(&db.pool)
+    .await?;
+    let history = Account::history_with_diffs(&db.pool, v1.entity_id).await?;
+    assert_eq!(history[2].1.change, Some(Change::Reverted { to: 1 }));
+    Ok(())
+}
+
+async fn a_partial_update_statement_returning_two_rows_commits_nothing(db: Db) -> TestResult {
+    let v1 = Account::insert(&db.pool, Account::new("ada", 1)).await?;
+    let err = sqlx::query(
+        "CALL accounts_immu_commit('update', entity_id => $1, id => gen_random_uuid(), \
+         immu_patch => 'SELECT w.* FROM generate_series(1, 2) AS g, LATERAL accounts_immu_write(''update'', gen_random_uuid(), $1, owner => ''two'', balance => g) AS w')",
+    )
+    .bind(v1.entity_id)
+    .execute(&db.pool)
+    .await
+    .unwrap_err();
+    assert!(str::contains(&err.to_string(), "more than one row"), "{err}");
+    assert_eq!(Account::history(&db.pool, v1.entity_id).await?.len(), 1);
     Ok(())
 }
