@@ -11,6 +11,7 @@ mod demo;
 mod drift;
 mod evolution;
 mod import;
+mod joins;
 mod queries;
 mod raw_sql;
 mod reads;
@@ -31,6 +32,7 @@ fn main() -> std::process::ExitCode {
             demo::tests(),
             queries::tests(),
             associations::tests(),
+            joins::tests(),
             upgrade::tests(),
             security::tests(),
             evolution::tests(),
