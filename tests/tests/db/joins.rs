@@ -16,6 +16,7 @@ immu_tests::tests![
     outer_joins_keep_entities_without_a_counterpart,
     reverse_join_filters_orders_pages_and_counts_resolved_pairs,
     a_deleted_counterpart_is_absent_unless_with_deleted,
+    joins_decode_an_upcasting_entity_on_either_side,
 ];
 
 /// A person: referenced by [`Vault`], optionally.
@@ -32,6 +33,30 @@ struct Vault {
     label: String,
     #[immu(references = Person)]
     owner_id: Option<Uuid>,
+}
+
+/// A note as first written.
+#[derive(Debug, Clone, PartialEq, Eq, Immutable)]
+#[immu(table = "notes")]
+struct NoteV1 {
+    words: String,
+    #[immu(references = Customer)]
+    customer_id: Uuid,
+}
+
+/// A note since `words` became `body`: a join selects the older shape's column too.
+#[derive(Debug, Clone, PartialEq, Eq, Immutable)]
+#[immu(table = "notes", shape = 2, upcast = NoteV1)]
+struct Note {
+    body: String,
+    #[immu(references = Customer)]
+    customer_id: Uuid,
+}
+
+impl From<NoteV1> for Note {
+    fn from(old: NoteV1) -> Note {
+        Note { body: old.words, customer_id: old.customer_id }
+    }
 }
 
 /// Creates `people` and `vaults` (their migrations, as the owner) and grants the application role.
@@ -447,5 +472,40 @@ async fn a_deleted_counterpart_is_absent_unless_with_deleted(db: Db) -> TestResu
         .fetch_all(pool)
         .await?;
     assert_eq!(with, [(back, Some(gone))]);
+    Ok(())
+}
+
+async fn joins_decode_an_upcasting_entity_on_either_side(db: Db) -> TestResult {
+    let mut owner = db.connect_owner().await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(immu_core::schema::create_table::<NoteV1>()?))
+        .execute(&mut owner)
+        .await?;
+    grant_application_role(&mut owner, APP_ROLE).await?;
+    let pool = &db.pool;
+    let ada = Customer::insert(pool, Customer { name: "Ada".into(), tier: "gold".into() }).await?;
+    let old = NoteV1::insert(pool, NoteV1 { words: "old".into(), customer_id: ada.entity_id }).await?;
+    sqlx::raw_sql(
+        "ALTER TABLE notes ADD COLUMN body text, ALTER COLUMN words DROP NOT NULL;
+         SELECT immu.sync_versioning('notes');",
+    )
+    .execute(&mut owner)
+    .await?;
+    let new = Note::insert(pool, Note { body: "new".into(), customer_id: ada.entity_id }).await?;
+
+    // The upcasting entity first: the customer's columns come after the older shape's too.
+    let mut pairs = Note::query().join::<Customer>(Note::CUSTOMER_ID).fetch_all(pool).await?;
+    pairs.sort_by_key(|(n, _)| n.entity_id);
+    let seen: Vec<(&str, &str)> = pairs.iter().map(|(n, c)| (n.body.as_str(), c.name.as_str())).collect();
+    assert_eq!(seen, [("old", "Ada"), ("new", "Ada")]);
+    assert_eq!(pairs[0].0.entity_id, old.entity_id);
+    let outer = Note::query().left_join::<Customer>(Note::CUSTOMER_ID).fetch_all(pool).await?;
+    assert!(outer.iter().all(|(_, c)| c.as_ref() == Some(&ada)), "{outer:?}");
+    // And second.
+    let mut notes =
+        Customer::query().left_join_referencing::<Note>(Note::CUSTOMER_ID).fetch_all(pool).await?;
+    notes.sort_by_key(|(_, n)| n.as_ref().map(|n| n.entity_id));
+    let bodies: Vec<Option<&str>> = notes.iter().map(|(_, n)| n.as_ref().map(|n| n.body.as_str())).collect();
+    assert_eq!(bodies, [Some("old"), Some("new")]);
+    assert_eq!(notes[1].1.as_ref(), Some(&new));
     Ok(())
 }
