@@ -44,7 +44,7 @@ tokio::task_local! {
 /// # async fn demo(pool: sqlx::PgPool, id: uuid::Uuid) -> immu_core::Result<()> {
 /// // Once per request, around the handler:
 /// Audit::actor("ada@example.com")
-///     .context(serde_json::json!({ "request_id": "r-42" }))
+///     .with_context(serde_json::json!({ "request_id": "r-42" }))
 ///     .scope(async {
 ///         // Every write in here records ada, and request r-42.
 ///         Account::modify(&pool, id, |a| a.balance += 10).await?;

@@ -192,7 +192,8 @@ pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
     /// version's data ([`Written::Unchanged`](crate::Written::Unchanged)).
     ///
     /// Fails with [`Error::NotFound`](crate::Error::NotFound) if the entity never existed and
-    /// [`Error::Deleted`](crate::Error::Deleted) if it is deleted (undelete it first).
+    /// [`Error::Deleted`](crate::Error::Deleted) if it is deleted (undelete it first; see
+    /// [Answers](crate#answers)).
     fn update<'c, A>(
         db: A,
         entity_id: Uuid,
@@ -223,6 +224,8 @@ pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
     /// appends the result (nothing if `f` changed nothing). Concurrent `modify` calls on one
     /// entity never lose an update. For a change the database can compute itself, in one round
     /// trip, see [`patch`](Self::patch).
+    ///
+    /// Fails like [`update`](Self::update) for an entity that never existed or is deleted.
     fn modify<'c, A, F>(
         db: A,
         entity_id: Uuid,
@@ -307,6 +310,9 @@ pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
 
     /// Deletes the entity by appending a tombstone: a copy of the last data with `deleted_at`
     /// set. Returns the tombstone. History stays; [`undelete`](Self::undelete) revives it.
+    ///
+    /// Fails with [`Error::NotFound`](crate::Error::NotFound) if the entity never existed and
+    /// [`Error::Deleted`](crate::Error::Deleted) if it is already deleted.
     fn delete<'c, A>(db: A, entity_id: Uuid) -> impl Future<Output = Result<Versioned<Self>>> + Send + 'c
     where
         A: Acquire<'c, Database = Postgres> + Send + 'c,
@@ -327,8 +333,9 @@ pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
     /// The current version of the entity.
     ///
     /// Fails with [`Error::NotFound`](crate::Error::NotFound) if it never existed and
-    /// [`Error::Deleted`](crate::Error::Deleted) if its latest version is a tombstone. Use
-    /// [`OptionalExt::optional`](crate::OptionalExt::optional) for an `Option`.
+    /// [`Error::Deleted`](crate::Error::Deleted) if its latest version is a tombstone (see
+    /// [Answers](crate#answers)). Use [`OptionalExt::optional`](crate::OptionalExt::optional)
+    /// for an `Option`.
     fn find<'c, E>(db: E, entity_id: Uuid) -> impl Future<Output = Result<Versioned<Self>>> + Send + 'c
     where
         E: Executor<'c, Database = Postgres> + 'c,
@@ -339,7 +346,8 @@ pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
     /// The version that was current at instant `at`.
     ///
     /// Fails with [`Error::NotFound`](crate::Error::NotFound) if the entity did not exist yet
-    /// (or never existed) and [`Error::Deleted`](crate::Error::Deleted) if it was deleted at `at`.
+    /// (or never existed) and [`Error::Deleted`](crate::Error::Deleted) if it was deleted at `at`
+    /// (see [Answers](crate#answers)).
     fn find_as_of<'c, E>(
         db: E,
         entity_id: Uuid,
@@ -353,7 +361,8 @@ pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
 
     /// One exact version (a tombstone is returned as is, with `deleted_at` set).
     ///
-    /// Fails with [`Error::NotFound`](crate::Error::NotFound) if there is no such version.
+    /// Fails with [`Error::NotFound`](crate::Error::NotFound) if there is no such version (see
+    /// [Answers](crate#answers)).
     fn find_version<'c, E>(
         db: E,
         entity_id: Uuid,
@@ -385,8 +394,11 @@ pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
 
     /// The referenced entities, each as of its own instant, in one query: for a batch of
     /// referrers, `(referenced id, referrer's instant)` pairs, e.g. each order's customer as it
-    /// was when the order was placed. The result is aligned with the input: `None` where the
-    /// entity did not exist at that instant, its tombstone (`is_deleted()`) where it was deleted.
+    /// was when the order was placed. The result is aligned with the input, and each element is
+    /// what [`find_as_of`](Self::find_as_of)`(..)`[`.optional()`](crate::OptionalExt::optional)
+    /// answers for its pair: the version, or `None` where the entity did not exist at that
+    /// instant or was deleted at it (see [Answers](crate#answers); for the tombstone itself, use
+    /// [`find_version`](Self::find_version) or [`history`](Self::history)).
     ///
     /// For many entities at one instant (or current), use
     /// [`query().ids(..)`](Query::ids) (with [`as_of`](Query::as_of)).
@@ -417,7 +429,8 @@ pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
     }
 
     /// The version a write stored, by the id of its version row, or `None` if no version with that
-    /// id was stored. For a write whose outcome is unknown: [`Error::OutcomeUnknown`](crate::Error::OutcomeUnknown)
+    /// id was stored (a yes-or-no answer, see [Answers](crate#answers); a delete's version is its
+    /// tombstone). For a write whose outcome is unknown: [`Error::OutcomeUnknown`](crate::Error::OutcomeUnknown)
     /// carries the entity and the version row id.
     ///
     /// ```no_run
@@ -447,7 +460,10 @@ pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
 
     /// Every version of the entity, tombstones included, in version order.
     ///
-    /// Fails with [`Error::NotFound`](crate::Error::NotFound) if the entity never existed.
+    /// Fails with [`Error::NotFound`](crate::Error::NotFound) if the entity never existed: it
+    /// names one entity, like [`find`](Self::find), while a list such as
+    /// [`query().ids(..)`](Query::ids) answers an unknown entity by leaving it out (see
+    /// [Answers](crate#answers)).
     fn history<'c, E>(
         db: E,
         entity_id: Uuid,

@@ -29,11 +29,18 @@ pub const ACTOR_REQUIRED_SQLSTATE: &str = "IMMU5";
 /// A failed call writes nothing: writes run in their own transaction (or a savepoint of yours),
 /// which is rolled back on any error. The one exception says so: [`Error::OutcomeUnknown`], a
 /// write whose connection broke before immu could learn whether it committed.
+///
+/// Which calls answer [`NotFound`](Error::NotFound) and [`Deleted`](Error::Deleted), and which
+/// answer with an empty list or `None` instead, is one rule: the crate docs'
+/// [Answers](crate#answers). Whether to try again is one question:
+/// [`is_retryable`](Error::is_retryable).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The entity never existed (or, for as-of reads, did not exist yet at that instant; for
-    /// [`find_version`](crate::Immutable::find_version), that version does not exist).
+    /// [`find_version`](crate::Immutable::find_version), that version does not exist). Only
+    /// calls that name one entity answer it (see [Answers](crate#answers)); lists leave the
+    /// entity out.
     #[error("{table}: no entity {entity_id}{}", version.map(|v| format!(" at version {v}")).unwrap_or_default())]
     NotFound {
         /// Table of the entity.
@@ -45,7 +52,9 @@ pub enum Error {
     },
 
     /// The entity is deleted (at the instant asked for): its latest version is a tombstone.
-    /// Reads report it instead of returning the tombstone's data; update and delete refuse it.
+    /// Reads of one entity at an instant report it instead of returning the tombstone's data;
+    /// update and delete refuse it. Lists leave the entity out unless
+    /// [`with_deleted`](crate::Query::with_deleted) (see [Answers](crate#answers)).
     #[error("{table}: entity {entity_id} is deleted (tombstone version {version}, deleted at {deleted_at})")]
     Deleted {
         /// Table of the entity.
@@ -76,15 +85,16 @@ pub enum Error {
     ///
     /// Raised by optimistic writes ([`update_if_version`](crate::Immutable::update_if_version),
     /// [`Versioned::save`](crate::Versioned::save)) when the version moved, and by any write
-    /// whose version number was taken meanwhile (`actual` is `None` then): for example a write
-    /// inside a `REPEATABLE READ` or `SERIALIZABLE` transaction whose snapshot predates another
-    /// writer's commit. Retry the whole transaction in that case.
+    /// whose version number was taken meanwhile by a writer that bypassed the entity's lock (raw
+    /// SQL; `actual` is `None` then). A write inside a `REPEATABLE READ` or `SERIALIZABLE`
+    /// transaction whose snapshot predates another writer's commit is
+    /// [`SerializationFailure`](Error::SerializationFailure) instead, like every SQLSTATE 40001.
     #[error(
         "{table}: version conflict on entity {entity_id}: {}",
         match (expected, actual) {
             (Some(expected), Some(actual)) => format!("the write expected version {expected} to be current, but it is {actual}"),
             (_, Some(actual)) => format!("the current version changed to {actual} under the write"),
-            (_, None) => "a newer version was committed concurrently (by another transaction after this transaction's REPEATABLE READ or SERIALIZABLE snapshot was taken, or by a writer that bypassed the entity lock); retry the transaction".to_owned(),
+            (_, None) => "a newer version was committed concurrently (by a writer that bypassed the entity lock); re-read and retry".to_owned(),
         }
     )]
     VersionConflict {
@@ -177,9 +187,11 @@ pub enum Error {
         message: String,
     },
 
-    /// The caller's transaction conflicted with a concurrent one: a serialization failure under
-    /// `SERIALIZABLE` or `REPEATABLE READ` (SQLSTATE 40001) or a deadlock (40P01). Roll the whole
-    /// transaction back and retry it.
+    /// The transaction conflicted with a concurrent one: a serialization failure under
+    /// `SERIALIZABLE` or `REPEATABLE READ` (SQLSTATE 40001, every one of them, including a write
+    /// whose snapshot predates another writer's version of the entity) or a deadlock (40P01).
+    /// Roll the whole transaction back and retry it (a write outside a transaction of yours was
+    /// its own transaction: retry the call).
     #[error("transaction conflict ({code}): {message}; roll back and retry the transaction")]
     SerializationFailure {
         /// The SQLSTATE.
@@ -297,10 +309,45 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether retrying the operation (or the caller's whole transaction) may succeed: version
-    /// conflicts, lock and statement timeouts, cancels, serialization failures and deadlocks;
-    /// each guarantees that the failed call wrote nothing. [`Error::OutcomeUnknown`] is not
-    /// retryable: find out first ([`Immutable::find_write`](crate::Immutable::find_write)).
+    /// Whether trying again may succeed: the failed call wrote nothing, and the cause can pass.
+    /// The one question to ask of any error before retrying; `true` for exactly these:
+    ///
+    /// | error | cause | retry |
+    /// |-------|-------|-------|
+    /// | [`VersionConflict`](Error::VersionConflict) | another writer moved the entity first | re-read the entity, then the call (an optimistic write with a fresh expected version) |
+    /// | [`LockTimeout`](Error::LockTimeout) | the entity's lock was held past `lock_timeout` / `statement_timeout` | the call |
+    /// | [`Canceled`](Error::Canceled) | `statement_timeout` or `pg_cancel_backend` | the call |
+    /// | [`SerializationFailure`](Error::SerializationFailure) | SQLSTATE 40001 or 40P01 | your whole transaction |
+    /// | [`Database`](Error::Database)`(`[`sqlx::Error::PoolTimedOut`]`)` | no connection became free in time; nothing was sent | the call |
+    ///
+    /// "The call" is the call outside a transaction of yours. When the call ran inside your
+    /// transaction, a failed write rolled back only its own savepoint, so your transaction is
+    /// usable and the call can be retried in it; but a read that failed there (or any
+    /// [`SerializationFailure`](Error::SerializationFailure)) aborted your transaction: roll it
+    /// back and run it again, which is always a correct retry of any of the above.
+    ///
+    /// Everything else is `false`, in particular [`Error::OutcomeUnknown`]: the write may have
+    /// been stored, so find out first ([`Immutable::find_write`](crate::Immutable::find_write));
+    /// and [`NotFound`](Error::NotFound), [`Deleted`](Error::Deleted),
+    /// [`NotDeleted`](Error::NotDeleted), which are answers, not failures of the moment.
+    /// Connection errors other than the pool's timeout are `false`: immu cannot tell from them
+    /// alone whether something was sent.
+    ///
+    /// ```no_run
+    /// # use immu_core::Immutable;
+    /// # #[derive(Immutable)] #[immu(table = "accounts")] struct Account { owner: String, balance: i64 }
+    /// # async fn demo(pool: sqlx::PgPool, id: uuid::Uuid) -> immu_core::Result<()> {
+    /// let mut attempts = 0;
+    /// let saved = loop {
+    ///     let mut account = Account::find(&pool, id).await?;
+    ///     account.balance += 10;
+    ///     match account.save(&pool).await {
+    ///         Err(err) if err.is_retryable() && attempts < 3 => attempts += 1,
+    ///         other => break other?,
+    ///     }
+    /// };
+    /// # Ok(()) }
+    /// ```
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
@@ -308,6 +355,7 @@ impl Error {
                 | Error::LockTimeout { .. }
                 | Error::Canceled { .. }
                 | Error::SerializationFailure { .. }
+                | Error::Database(sqlx::Error::PoolTimedOut)
         )
     }
 
@@ -450,6 +498,185 @@ impl<T> OptionalExt<T> for Result<T> {
             Ok(value) => Ok(Some(value)),
             Err(Error::NotFound { .. } | Error::Deleted { .. }) => Ok(None),
             Err(err) => Err(err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    /// A database error with a SQLSTATE, as a server would report it (without a server).
+    #[derive(Debug)]
+    struct Refusal {
+        code: &'static str,
+        message: &'static str,
+    }
+
+    impl std::fmt::Display for Refusal {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.message)
+        }
+    }
+
+    impl std::error::Error for Refusal {}
+
+    impl sqlx::error::DatabaseError for Refusal {
+        fn message(&self) -> &str {
+            self.message
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.code))
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn refused(code: &'static str, message: &'static str) -> sqlx::Error {
+        sqlx::Error::Database(Box::new(Refusal { code, message }))
+    }
+
+    /// One error of every variant (the `match` in [`is_retryable_answers_each_variant`] makes a new
+    /// variant a compile error until it is listed here and there).
+    fn one_of_each() -> Vec<Error> {
+        let id = Uuid::nil();
+        vec![
+            Error::NotFound { table: "t", entity_id: id, version: None },
+            Error::Deleted { table: "t", entity_id: id, version: 2, deleted_at: DateTime::<Utc>::MIN_UTC },
+            Error::NotDeleted { table: "t", entity_id: id, version: 1 },
+            Error::VersionConflict { table: "t", entity_id: id, expected: Some(1), actual: Some(2) },
+            Error::VersionConflict { table: "t", entity_id: id, expected: None, actual: None },
+            Error::AppendOnly { table: "t".into(), operation: "UPDATE".into() },
+            Error::InvalidIdentifier { name: "x y".into(), reason: "space" },
+            Error::UnknownReference { table: "t".into(), constraint: "c".into(), detail: "d".into() },
+            Error::LockTimeout { table: "t", entity_id: id },
+            Error::Canceled { message: "canceling statement due to user request".into() },
+            Error::InvalidValue { code: "22021".into(), message: "NUL".into() },
+            Error::InvalidHistory { table: "t".into(), message: "skip".into() },
+            Error::SerializationFailure { code: "40001".into(), message: "could not serialize".into() },
+            Error::SerializationFailure { code: "40P01".into(), message: "deadlock detected".into() },
+            Error::UnknownColumn { table: "t", column: "c".into() },
+            Error::MissingTable { table: "t".into() },
+            Error::OutcomeUnknown {
+                table: "t",
+                entity_id: id,
+                version_id: id,
+                source: Box::new(sqlx::Error::PoolTimedOut),
+            },
+            Error::SchemaDrift { table: "t".into(), differences: Vec::new() },
+            Error::UnsafeSetup { table: "t".into(), problems: Vec::new(), fix: String::new() },
+            Error::MachineryMismatch { table: "t", message: "m".into() },
+            Error::PermissionDenied { message: "permission denied".into() },
+            Error::ActorRequired { table: "t".into(), message: "no actor".into() },
+            Error::Database(sqlx::Error::PoolTimedOut),
+            Error::Database(sqlx::Error::PoolClosed),
+            Error::Database(sqlx::Error::RowNotFound),
+            Error::Database(sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset))),
+            Error::Database(refused("XX000", "internal error")),
+        ]
+    }
+
+    #[test]
+    fn is_retryable_answers_each_variant() {
+        for err in one_of_each() {
+            let expected = match &err {
+                Error::VersionConflict { .. }
+                | Error::LockTimeout { .. }
+                | Error::Canceled { .. }
+                | Error::SerializationFailure { .. } => true,
+                Error::Database(sqlx::Error::PoolTimedOut) => true,
+                Error::Database(_) => false,
+                // Answers about the entity, refusals that repeat, and a write that may be stored.
+                Error::NotFound { .. }
+                | Error::Deleted { .. }
+                | Error::NotDeleted { .. }
+                | Error::AppendOnly { .. }
+                | Error::InvalidIdentifier { .. }
+                | Error::UnknownReference { .. }
+                | Error::InvalidValue { .. }
+                | Error::InvalidHistory { .. }
+                | Error::UnknownColumn { .. }
+                | Error::MissingTable { .. }
+                | Error::OutcomeUnknown { .. }
+                | Error::SchemaDrift { .. }
+                | Error::UnsafeSetup { .. }
+                | Error::MachineryMismatch { .. }
+                | Error::PermissionDenied { .. }
+                | Error::ActorRequired { .. } => false,
+            };
+            assert_eq!(err.is_retryable(), expected, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn every_40001_and_40p01_is_a_retryable_serialization_failure() {
+        for (code, message) in [
+            ("40001", "could not serialize access due to concurrent update"),
+            ("40001", "accounts: the version of entity x was computed from a stale snapshot"),
+            ("40001", "could not serialize access due to read/write dependencies among transactions"),
+            ("40P01", "deadlock detected"),
+        ] {
+            let err = Error::from(refused(code, message));
+            assert!(
+                matches!(&err, Error::SerializationFailure { code: c, .. } if c == code),
+                "{code} {message}: {err:?}"
+            );
+            assert!(err.is_retryable(), "{err:?}");
+        }
+        let canceled = Error::from(refused("57014", "canceling statement due to statement timeout"));
+        assert!(matches!(canceled, Error::Canceled { .. }) && canceled.is_retryable());
+        let other = Error::from(refused("XX000", "internal error"));
+        assert!(matches!(other, Error::Database(_)) && !other.is_retryable());
+    }
+
+    #[test]
+    fn optional_turns_only_not_found_and_deleted_into_none() {
+        for err in one_of_each() {
+            let absent = matches!(err, Error::NotFound { .. } | Error::Deleted { .. });
+            let answer = Err::<(), _>(err).optional();
+            assert_eq!(matches!(answer, Ok(None)), absent, "{answer:?}");
+        }
+    }
+
+    /// The crate docs' error list names every variant.
+    #[test]
+    fn the_crate_docs_name_every_variant() {
+        let docs = include_str!("lib.rs");
+        for err in one_of_each() {
+            let debug = format!("{err:?}");
+            let variant = debug.split([' ', '(']).next().unwrap_or_default();
+            assert!(docs.contains(&format!("(Error::{variant})")), "lib.rs does not list Error::{variant}");
+        }
+    }
+
+    /// The crate docs' derive table lists every attribute the derive accepts (the keys of
+    /// `immu-derive/src/attr.rs`, each field documented there as `` /// `key ...` ``).
+    #[test]
+    fn the_crate_docs_list_every_derive_attribute() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../immu-derive/src/attr.rs");
+        let Ok(attrs) = std::fs::read_to_string(path) else { return };
+        let fields =
+            attrs.lines().filter(|l| l.trim_start().starts_with("pub(crate) ") && l.ends_with(',')).count();
+        let keys: Vec<&str> = attrs
+            .lines()
+            .filter_map(|l| l.strip_prefix("    /// `"))
+            .filter_map(|l| l.split(['`', ' ']).next())
+            .collect();
+        assert_eq!(keys.len(), fields, "one documented key per attribute field: {keys:?}");
+        let docs = include_str!("lib.rs");
+        for key in keys {
+            assert!(docs.contains(&format!("`#[immu({key}")), "lib.rs's derive table misses `{key}`");
         }
     }
 }

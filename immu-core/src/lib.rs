@@ -70,12 +70,16 @@
 //! | attribute                             | on     | effect                                           |
 //! |---------------------------------------|--------|--------------------------------------------------|
 //! | `#[immu(table = "accounts")]`         | struct | table name (default: the struct name in snake_case) |
-//! | `#[immu(crate = "path")]`             | struct | path to `immu_core` if you renamed it             |
-//! | `#[immu(shape = 2, upcast = Older)]`  | struct | this struct's shape; versions of older shapes are read as `Older` and converted with `From` |
+//! | `#[immu(crate = "path")]`             | struct | path to `immu_core` if you renamed or re-exported it |
+//! | `#[immu(shape = 2)]`                  | struct | the shape this struct writes, recorded in every version (`immu_shape`); default 1 |
+//! | `#[immu(upcast = Older)]`             | struct | versions of older shapes are read as `Older` (same table) and converted with `From`; with `shape` |
 //! | `#[immu(rename = "col")]`             | field  | column name (default: the field name)            |
 //! | `#[immu(json)]`                       | field  | stored as `jsonb` through serde                   |
-//! | `#[immu(sql_type = "numeric(12,2)")]` | field  | column type in the generated DDL                 |
-//! | `#[immu(references = Customer)]`      | field  | the `entity_id` of another entity; a foreign key  |
+//! | `#[immu(sql_type = "numeric(12,2)")]` | field  | column type in the generated DDL (with `json`: instead of `jsonb`) |
+//! | `#[immu(references = Customer)]`      | field  | the `entity_id` of another entity (`Uuid`, or `Option<Uuid>` for an optional one; `Self` for a tree); a foreign key, and the column of [`Query::join`] / [`Query::join_referencing`] |
+//!
+//! It also generates one [`Column`] constant per field and per reserved column
+//! (`Account::BALANCE`, `Account::ENTITY_ID`, ...), for filters, orders and joins.
 //!
 //! It refuses, at compile time: enums, tuple and unit structs, generics, unknown attribute keys,
 //! invalid identifiers, fields whose column would collide with a reserved column or use the
@@ -92,24 +96,86 @@
 //! up by its version row id and reported as written, or as [`Error::OutcomeUnknown`]; a retry
 //! with the same id never stores it twice.
 //!
+//! An update, [`modify`](Immutable::modify), [`patch`](Immutable::patch) (a partial update the
+//! database computes: `balance = balance + 30`) or [`revert`](Immutable::revert) whose data
+//! equals the latest version's appends nothing and says so: [`Written::Unchanged`].
+//!
+//! ## Who and why
+//!
+//! Every version records who wrote it and why ([`Provenance`]): the actor, reason and context an
+//! [`Audit`] gave for the task ([`Audit::scope`]) or the database transaction
+//! ([`Audit::set_local`]), and the database user and application name the database stamps.
+//! [`Immutable::history_with_diffs`] and [`Immutable::diff`] say what changed, field by field
+//! ([`Diff`]); [`Query::by_actor`] lists what an actor changed.
+//!
+//! ```no_run
+//! # use immu_core::{Audit, Immutable, sea_query::{Expr, ExprTrait}};
+//! # #[derive(Immutable)] #[immu(table = "accounts")] struct Account { owner: String, balance: i64 }
+//! # async fn demo(pool: sqlx::PgPool, id: uuid::Uuid) -> immu_core::Result<()> {
+//! let written = Audit::actor("ada")
+//!     .with_reason("deposit")
+//!     .scope(Account::patch(&pool, id).set(Account::BALANCE, Expr::col(Account::BALANCE).add(30)))
+//!     .await?;
+//! assert_eq!(written.provenance.actor.as_deref(), Some("ada"));
+//! # Ok(()) }
+//! ```
+//!
+//! ## Answers
+//!
+//! A missing or deleted entity gets one answer per kind of call, whatever the call:
+//!
+//! * **A call that names one entity** answers about it, and an entity that is not there is an
+//!   error: [`NotFound`](Error::NotFound) when it never existed (or did not exist yet at the
+//!   instant asked for, or has no such version), [`Deleted`](Error::Deleted) when its version at
+//!   the instant asked for is a tombstone. [`find`](Immutable::find),
+//!   [`find_as_of`](Immutable::find_as_of), [`Snapshot::find`] and the writes answer so
+//!   ([`update`](Immutable::update), [`modify`](Immutable::modify),
+//!   [`delete`](Immutable::delete); [`undelete`](Immutable::undelete) answers
+//!   [`NotDeleted`](Error::NotDeleted) for a live entity).
+//!   [`find_version`](Immutable::find_version) and [`history`](Immutable::history) ask for
+//!   stored versions rather than the entity at an instant: they answer `NotFound` for an
+//!   unknown entity (or version), and return tombstones as the versions they are
+//!   ([`Versioned::is_deleted`]). [`OptionalExt::optional`] turns `NotFound` and `Deleted` into
+//!   `Ok(None)`.
+//! * **A call that lists** answers with what it finds and never fails for an entity that is not
+//!   there: [`Query`] (`fetch*`, `count`, `exists`, [`ids`](Query::ids)), [`Join`] and
+//!   [`LeftJoin`] leave out an entity that does not exist at the instant and one deleted at it,
+//!   unless [`with_deleted`](Query::with_deleted) (then its tombstone, `is_deleted()`);
+//!   [`all_versions`](Query::all_versions) lists stored versions, tombstones included. An empty
+//!   list is the answer, not an error.
+//! * **A batch of single reads**, [`find_each_as_of`](Immutable::find_each_as_of), answers for
+//!   each pair what `find_as_of(..).optional()` answers: the version, or `None` for an entity
+//!   that does not exist or is deleted at that instant.
+//! * [`find_write`](Immutable::find_write) answers a yes-or-no question ("was this write
+//!   stored?"): `Ok(None)` is no.
+//!
 //! ## Errors
 //!
 //! Every failure is an [`Error`] variant, and a failed call wrote nothing, except
 //! [`OutcomeUnknown`](Error::OutcomeUnknown), which says it cannot know:
 //!
-//! * what the entity's state refuses: [`NotFound`](Error::NotFound), [`Deleted`](Error::Deleted),
-//!   [`NotDeleted`](Error::NotDeleted), [`VersionConflict`](Error::VersionConflict);
+//! * what the entity's state refuses (see [Answers](#answers)): [`NotFound`](Error::NotFound),
+//!   [`Deleted`](Error::Deleted), [`NotDeleted`](Error::NotDeleted),
+//!   [`VersionConflict`](Error::VersionConflict) (another writer moved the entity first);
 //! * what the database refuses: [`AppendOnly`](Error::AppendOnly) (an in-place change),
 //!   [`InvalidHistory`](Error::InvalidHistory) (a raw insert breaking the rules),
 //!   [`InvalidValue`](Error::InvalidValue), [`UnknownReference`](Error::UnknownReference),
-//!   [`PermissionDenied`](Error::PermissionDenied);
+//!   [`PermissionDenied`](Error::PermissionDenied), [`ActorRequired`](Error::ActorRequired) (a
+//!   table that requires an actor, and a write without one);
 //! * what the setup refuses: [`MissingTable`](Error::MissingTable),
 //!   [`UnknownColumn`](Error::UnknownColumn), [`SchemaDrift`](Error::SchemaDrift),
 //!   [`UnsafeSetup`](Error::UnsafeSetup), [`MachineryMismatch`](Error::MachineryMismatch),
 //!   [`InvalidIdentifier`](Error::InvalidIdentifier);
 //! * what interrupted it: [`LockTimeout`](Error::LockTimeout), [`Canceled`](Error::Canceled),
-//!   [`SerializationFailure`](Error::SerializationFailure), [`OutcomeUnknown`](Error::OutcomeUnknown);
-//! * anything else: [`Database`](Error::Database).
+//!   [`SerializationFailure`](Error::SerializationFailure) (every SQLSTATE 40001 and 40P01, on
+//!   reads and writes alike), [`OutcomeUnknown`](Error::OutcomeUnknown);
+//! * anything else: [`Database`](Error::Database) (sqlx's error: the pool, the connection, the
+//!   driver, or a database error immu has no variant for).
+//!
+//! Whether to try again is one question for any error, [`Error::is_retryable`]: `true` for
+//! `VersionConflict`, `LockTimeout`, `Canceled`, `SerializationFailure` and a pool timeout, each
+//! a guarantee that nothing was written; its docs say which retry (the call, or your whole
+//! transaction). `OutcomeUnknown` is not retryable: look the write up first.
 #![forbid(unsafe_code)]
 
 mod audit;
@@ -138,7 +204,7 @@ pub use error::{
     SCHEMA_DRIFT_SQLSTATE, UNSAFE_SETUP_SQLSTATE,
 };
 pub use lock::lock_key;
-pub use query::{Join, Query, Resolution};
+pub use query::{Join, LeftJoin, Query, Resolution};
 pub use schema::ColumnType;
 pub use snapshot::Snapshot;
 pub use versioned::{Versioned, Written};

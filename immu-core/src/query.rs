@@ -59,7 +59,9 @@ pub enum Resolution {
 ///
 /// let current = Account::query().filter(Account::BALANCE.gt(100)).to_sql();
 /// assert_eq!(current, concat!(
-///     r#"SELECT "accounts"."id", "accounts"."entity_id", "accounts"."version", "accounts"."valid_from", "accounts"."deleted_at", "accounts"."owner", "accounts"."balance" "#,
+///     r#"SELECT "accounts"."id", "accounts"."entity_id", "accounts"."version", "accounts"."valid_from", "accounts"."deleted_at", "#,
+///     r#""accounts"."immu_actor", "accounts"."immu_reason", "accounts"."immu_context", "accounts"."immu_db_user", "accounts"."immu_application", "accounts"."immu_revert_of", "#,
+///     r#""accounts"."owner", "accounts"."balance" "#,
 ///     r#"FROM "accounts_current" AS "accounts" "#,
 ///     r#"WHERE "accounts"."deleted_at" IS NULL AND "accounts"."balance" > $1"#,
 /// ));
@@ -345,12 +347,63 @@ impl<T: Immutable> Query<T> {
         self
     }
 
-    /// Adds `U`, joined on `on` (a column of `T` holding a `U` entity id) and resolved at the
-    /// same instant as `T`: the same mode, so one as-of instant gives a consistent picture of
-    /// both tables. With [`all_versions`](Self::all_versions), each version of `T` is paired with
-    /// `U` as it was when that version became valid.
+    /// Adds `U`, joined on `on` (a column of `T` holding a `U` entity id, `#[immu(references =
+    /// U)]`) and resolved at the same instant as `T`: the same mode, so one as-of instant gives a
+    /// consistent picture of both tables. An inner join: a `T` whose `U` is absent at that
+    /// instant (deleted then, or a `NULL` reference) has no pair. See [`Join`] for the rules.
     pub fn join<U: Immutable>(self, on: Column<T>) -> Join<T, U> {
-        Join { left: self, on, right: PhantomData }
+        Join::new(self, Link::forward(on))
+    }
+
+    /// Like [`join`](Self::join), but a left outer join: every `T` the query resolves, with
+    /// `Some(U)` where its reference resolves to a `U` at the same instant and `None` where it
+    /// does not (deleted then, unless [`with_deleted`](Self::with_deleted), or a `NULL`
+    /// reference). See [`Join`] for the rules.
+    ///
+    /// ```no_run
+    /// # use immu_core::Immutable;
+    /// # #[derive(Immutable)] #[immu(table = "customers")] struct Customer { name: String }
+    /// # #[derive(Immutable)] #[immu(table = "accounts")] struct Account { #[immu(references = Customer)] owner_id: Option<uuid::Uuid>, balance: i64 }
+    /// # async fn demo(pool: sqlx::PgPool) -> immu_core::Result<()> {
+    /// for (account, owner) in Account::query().left_join::<Customer>(Account::OWNER_ID).fetch_all(&pool).await? {
+    ///     let owner = owner.as_ref().map_or("(no owner)", |c| c.name.as_str());
+    ///     println!("{} is owned by {owner}", account.entity_id);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn left_join<U: Immutable>(self, on: Column<T>) -> LeftJoin<T, U> {
+        LeftJoin { join: Join::new(self, Link::forward(on)) }
+    }
+
+    /// The reverse of [`join`](Self::join): adds the `U` entities that reference each `T`
+    /// through `on` (a column of `U` holding a `T` entity id), both resolved at the same instant.
+    /// One pair per referencing `U`: a customer with three accounts gives three pairs, one with
+    /// none gives none (see [`left_join_referencing`](Self::left_join_referencing)). See
+    /// [`Join`] for the rules.
+    ///
+    /// ```no_run
+    /// # use immu_core::{Immutable, Snapshot};
+    /// # #[derive(Immutable)] #[immu(table = "customers")] struct Customer { name: String }
+    /// # #[derive(Immutable)] #[immu(table = "accounts")] struct Account { #[immu(references = Customer)] owner_id: uuid::Uuid, balance: i64 }
+    /// # async fn demo(pool: sqlx::PgPool, quarter_end: chrono::DateTime<chrono::Utc>) -> immu_core::Result<()> {
+    /// // Each customer with the accounts they owned at the end of the quarter.
+    /// let owned = Customer::query()
+    ///     .snapshot(&Snapshot::at(quarter_end))
+    ///     .join_referencing::<Account>(Account::OWNER_ID)
+    ///     .fetch_all(&pool)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn join_referencing<U: Immutable>(self, on: Column<U>) -> Join<T, U> {
+        Join::new(self, Link::reverse(on))
+    }
+
+    /// Like [`join_referencing`](Self::join_referencing), but a left outer join: every `T` the
+    /// query resolves, once with `Some(U)` for each `U` that references it at the same instant,
+    /// or once with `None` when none does (customers without an account). See [`Join`] for the
+    /// rules.
+    pub fn left_join_referencing<U: Immutable>(self, on: Column<U>) -> LeftJoin<T, U> {
+        LeftJoin { join: Join::new(self, Link::reverse(on)) }
     }
 
     /// The SQL this query runs, with `$n` placeholders.
@@ -429,7 +482,7 @@ impl<T: Immutable> Query<T> {
         let mut select = sea_query::Query::select();
         select.exprs(qualified(table));
         self.select_from(&mut select, table);
-        self.finish(&mut select, table);
+        self.finish(&mut select, table, None);
         select
     }
 
@@ -469,8 +522,9 @@ impl<T: Immutable> Query<T> {
         select.cond_where(source.condition);
     }
 
-    /// Adds the user's filter, order, limit and offset.
-    fn finish(&self, select: &mut SelectStatement, table: &TableDef) {
+    /// Adds the user's filter, order, limit and offset; `tie` breaks the ties that the table's
+    /// entity (and version) leave (the other side of a join that gives several pairs per entity).
+    fn finish(&self, select: &mut SelectStatement, table: &TableDef, tie: Option<Expr>) {
         select.cond_where(self.filter.clone());
         let history = self.resolution == Resolution::AllVersions;
         if !self.order.is_empty() || history {
@@ -480,6 +534,9 @@ impl<T: Immutable> Query<T> {
             select.order_by_expr(Expr::col((table.name, ENTITY_ID)), Order::Asc);
             if history {
                 select.order_by_expr(Expr::col((table.name, VERSION)), Order::Asc);
+            }
+            if let Some(tie) = tie {
+                select.order_by_expr(tie, Order::Asc);
             }
         }
         if let Some(limit) = self.limit {
@@ -491,8 +548,41 @@ impl<T: Immutable> Query<T> {
     }
 }
 
-/// Two entity types joined by a reference and resolved at the same instant: built with
-/// [`Query::join`]; yields pairs.
+/// Two entity types joined by a reference and resolved at the same instant; yields pairs. Built
+/// with [`Query::join`] (from the referencing side: an invoice and its customer) or
+/// [`Query::join_referencing`] (from the referenced side: a customer and each invoice that
+/// references it); [`LeftJoin`] is the outer form of both.
+///
+/// # One instant, resolution first
+///
+/// Both sides are resolved with the starting query's mode before anything is paired: current
+/// versions ([`Immutable::query`]), the versions as of one instant ([`Query::as_of`],
+/// [`Query::snapshot`]), each side on its own, exactly as [`Query`] resolves a list. Then:
+///
+/// * an entity that does not exist yet at the instant, or is deleted at it (its resolved version
+///   is a tombstone), is **absent** on either side: an inner join has no pair for it, a left join
+///   pairs the starting entity with `None`. [`Query::with_deleted`] (on the starting query, before
+///   the join) makes a tombstone count as present on **both** sides, marked
+///   [`is_deleted`](Versioned::is_deleted);
+/// * a reference is followed as the referencing entity's resolved version holds it: a reference
+///   re-pointed after the instant still pairs with its old target, and a `NULL` reference
+///   (`Option<Uuid>`) pairs with nothing;
+/// * [`filter`](Join::filter), [`order_by`](Join::order_by), [`limit`](Join::limit) /
+///   [`offset`](Join::offset), [`count`](Join::count) and [`exists`](Join::exists) apply to the
+///   pairs of resolved versions, never to older versions. On a left join a filter on the other
+///   side's columns sees `NULL` where the pair has `None` (SQL's rules; filter on
+///   `U::ENTITY_ID.is_null()` for the starting entities without a counterpart).
+///
+/// With [`Query::all_versions`] every version of the starting entity (tombstones included) is
+/// paired with the other side resolved as of that version's `valid_from`: an invoice's history
+/// with its customer as it was at each change, or a customer's history with the invoices that
+/// referenced it at each of its changes ([`changed_between`](Query::changed_between) bounds the
+/// starting side's versions).
+///
+/// Pages are stable once ordered: the starting entity (and version) and, for
+/// [`join_referencing`](Query::join_referencing), the referencing entity break ties. For the
+/// reverse direction on current lists, index the referencing column of the projection
+/// (`CREATE INDEX ON invoices_current (customer_id)`).
 ///
 /// ```no_run
 /// # use immu_core::{Immutable, Snapshot, sea_query::ExprTrait};
@@ -509,16 +599,118 @@ impl<T: Immutable> Query<T> {
 /// for (order, customer) in rows {
 ///     println!("{} ordered {} (as of {})", customer.name, order.total, snapshot.instant());
 /// }
+/// // The other way round: Ada's orders then.
+/// let orders = Customer::query()
+///     .snapshot(&snapshot)
+///     .filter(Customer::NAME.eq("Ada"))
+///     .join_referencing::<Order>(Order::CUSTOMER_ID)
+///     .count(&pool)
+///     .await?;
 /// # Ok(()) }
+/// ```
+///
+/// The SQL, as [`to_sql`](Join::to_sql) shows it: both tables read their resolved rows (here the
+/// projections, for current versions), and on a left join the other side's conditions are part
+/// of the join, so that the starting side keeps every row.
+///
+/// ```
+/// # use immu_core::Immutable;
+/// # #[derive(Immutable)] #[immu(table = "customers")] struct Customer { name: String }
+/// # #[derive(Immutable)] #[immu(table = "orders")] struct Order { #[immu(references = Customer)] customer_id: uuid::Uuid, total: i64 }
+/// let sql = Customer::query().left_join_referencing::<Order>(Order::CUSTOMER_ID).to_sql();
+/// assert!(sql.ends_with(concat!(
+///     r#"FROM "customers_current" AS "customers" "#,
+///     r#"LEFT JOIN "orders_current" AS "orders" ON "orders"."customer_id" = "customers"."entity_id" AND "orders"."deleted_at" IS NULL "#,
+///     r#"WHERE "customers"."deleted_at" IS NULL"#,
+/// )));
 /// ```
 #[must_use = "a query does nothing until it is fetched"]
 pub struct Join<T, U> {
     left: Query<T>,
-    on: Column<T>,
+    link: Link,
     right: PhantomData<fn() -> U>,
 }
 
+/// The outer form of [`Join`]: every entity the starting query resolves, paired with
+/// `Some(other)` for each entity of the other side it meets at the same instant, or once with
+/// `None` when it meets none. Built with [`Query::left_join`] and
+/// [`Query::left_join_referencing`]; resolved, filtered and counted by the rules of [`Join`].
+///
+/// ```no_run
+/// # use immu_core::{Immutable, sea_query::ExprTrait};
+/// # #[derive(Immutable)] #[immu(table = "customers")] struct Customer { name: String }
+/// # #[derive(Immutable)] #[immu(table = "orders")] struct Order { #[immu(references = Customer)] customer_id: uuid::Uuid, total: i64 }
+/// # async fn demo(pool: sqlx::PgPool, quarter_end: chrono::DateTime<chrono::Utc>) -> immu_core::Result<()> {
+/// // Customers who had no order at the end of the quarter.
+/// let idle = Customer::query()
+///     .as_of(quarter_end)
+///     .left_join_referencing::<Order>(Order::CUSTOMER_ID)
+///     .filter(Order::ENTITY_ID.is_null())
+///     .fetch_all(&pool)
+///     .await?;
+/// assert!(idle.iter().all(|(_, order)| order.is_none()));
+/// # Ok(()) }
+/// ```
+#[must_use = "a query does nothing until it is fetched"]
+pub struct LeftJoin<T, U> {
+    join: Join<T, U>,
+}
+
+/// A pair of a [`LeftJoin`]: the starting entity, and the other one if it met one.
+type OuterPair<T, U> = (Versioned<T>, Option<Versioned<U>>);
+
+/// The columns a join compares: `"T"."left" = "U"."right"`.
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    /// The starting entity's column.
+    left: &'static str,
+    /// The other entity's column.
+    right: &'static str,
+    /// Whether a starting entity may meet several of the other side (the reverse direction).
+    many: bool,
+}
+
+impl Link {
+    /// `T`'s reference `on` to `U`'s entity id.
+    fn forward<T>(on: Column<T>) -> Link {
+        Link { left: on.name(), right: ENTITY_ID, many: false }
+    }
+
+    /// `T`'s entity id, referenced by `U`'s column `on`.
+    fn reverse<U>(on: Column<U>) -> Link {
+        Link { left: ENTITY_ID, right: on.name(), many: true }
+    }
+}
+
+impl<T, U> Clone for Join<T, U> {
+    fn clone(&self) -> Self {
+        Join { left: self.left.clone(), link: self.link, right: PhantomData }
+    }
+}
+
+impl<T, U> Clone for LeftJoin<T, U> {
+    fn clone(&self) -> Self {
+        LeftJoin { join: self.join.clone() }
+    }
+}
+
+impl<T, U> std::fmt::Debug for Join<T, U> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Join").field("left", &self.left).field("link", &self.link).finish_non_exhaustive()
+    }
+}
+
+impl<T, U> std::fmt::Debug for LeftJoin<T, U> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeftJoin").field("join", &self.join).finish()
+    }
+}
+
 impl<T: Immutable, U: Immutable> Join<T, U> {
+    fn new(left: Query<T>, link: Link) -> Self {
+        Join { left, link, right: PhantomData }
+    }
+
     /// Keeps only pairs matching `condition`, over the columns of both entities. Several calls
     /// combine with `AND`.
     pub fn filter(mut self, condition: impl IntoCondition) -> Self {
@@ -546,7 +738,7 @@ impl<T: Immutable, U: Immutable> Join<T, U> {
 
     /// The SQL this join runs, with `$n` placeholders.
     pub fn to_sql(&self) -> String {
-        self.statement().build(PostgresQueryBuilder).0
+        self.statement(false).build(PostgresQueryBuilder).0
     }
 
     /// The pairs, as a stream.
@@ -554,8 +746,8 @@ impl<T: Immutable, U: Immutable> Join<T, U> {
     where
         E: Executor<'e, Database = Postgres> + 'e,
     {
-        let second = crate::RESERVED_COLUMNS.len() + T::TABLE.columns.len();
-        run(self.statement(), [T::TABLE.name, U::TABLE.name], db).map(move |row| {
+        let second = second_at::<T>();
+        run(self.statement(false), [T::TABLE.name, U::TABLE.name], db).map(move |row| {
             let row = row?;
             Ok((Versioned::decode_at(&row, 0)?, Versioned::decode_at(&row, second)?))
         })
@@ -572,12 +764,12 @@ impl<T: Immutable, U: Immutable> Join<T, U> {
         self.fetch(db).try_collect()
     }
 
-    /// How many pairs [`fetch_all`](Self::fetch_all) would return.
+    /// How many pairs [`fetch_all`](Self::fetch_all) would return (limit and offset included).
     pub fn count<'e, E>(self, db: E) -> impl Future<Output = Result<i64>> + Send + 'e
     where
         E: Executor<'e, Database = Postgres> + 'e,
     {
-        count(self.statement(), [T::TABLE.name, U::TABLE.name], db)
+        count(self.statement(false), [T::TABLE.name, U::TABLE.name], db)
     }
 
     /// Whether any pair matches.
@@ -585,10 +777,12 @@ impl<T: Immutable, U: Immutable> Join<T, U> {
     where
         E: Executor<'e, Database = Postgres> + 'e,
     {
-        exists(self.statement(), [T::TABLE.name, U::TABLE.name], db)
+        exists(self.statement(false), [T::TABLE.name, U::TABLE.name], db)
     }
 
-    fn statement(&self) -> SelectStatement {
+    /// The statement: `T`'s resolved rows, joined (inner, or left `outer`) with `U`'s resolved
+    /// at the same instant (in history mode, as of each row of `T`).
+    fn statement(&self, outer: bool) -> SelectStatement {
         let (left, right) = (&T::TABLE, &U::TABLE);
         let query = &self.left;
         let mut select = sea_query::Query::select();
@@ -598,17 +792,109 @@ impl<T: Immutable, U: Immutable> Join<T, U> {
             .at(Some(Expr::col((left.name, VALID_FROM))))
             .expect("a join always resolves the joined table");
         let source = query.source(right, Some(right_at)).expect("resolved");
-        let on = Expr::col((right.name, ENTITY_ID)).equals((left.name, self.on.name()));
-        match source.from {
-            resolve::Relation::Table(name) => {
-                select.join_as(JoinType::InnerJoin, Alias::new(name), right.name, on)
-            }
-            resolve::Relation::Subquery(q) => select.join_subquery(JoinType::InnerJoin, *q, right.name, on),
+        let on = Expr::col((right.name, self.link.right)).equals((left.name, self.link.left));
+        // An inner join may keep U's resolution in WHERE; an outer one must make it part of the
+        // join, or a T whose U is not resolved would lose its row instead of meeting `NULL`s.
+        let (kind, on) = if outer {
+            let on = Condition::all().add(on);
+            (JoinType::LeftJoin, if source.condition.is_empty() { on } else { on.add(source.condition) })
+        } else {
+            select.cond_where(source.condition);
+            (JoinType::InnerJoin, Condition::all().add(on))
         };
-        select.cond_where(source.condition);
-        query.finish(&mut select, left);
+        match source.from {
+            resolve::Relation::Table(name) => select.join_as(kind, Alias::new(name), right.name, on),
+            resolve::Relation::Subquery(q) => select.join_subquery(kind, *q, right.name, on),
+        };
+        let tie = self.link.many.then(|| Expr::col((right.name, ENTITY_ID)));
+        query.finish(&mut select, left, tie);
         select
     }
+}
+
+impl<T: Immutable, U: Immutable> LeftJoin<T, U> {
+    /// Keeps only pairs matching `condition`, over the columns of both entities (those of the
+    /// other side are `NULL` in a pair without it). Several calls combine with `AND`.
+    pub fn filter(mut self, condition: impl IntoCondition) -> Self {
+        self.join = self.join.filter(condition);
+        self
+    }
+
+    /// Orders by an expression over either entity's columns.
+    pub fn order_by(mut self, expr: impl Into<Expr>, order: Order) -> Self {
+        self.join = self.join.order_by(expr, order);
+        self
+    }
+
+    /// Returns at most `n` pairs.
+    pub fn limit(mut self, n: u64) -> Self {
+        self.join = self.join.limit(n);
+        self
+    }
+
+    /// Skips the first `n` pairs.
+    pub fn offset(mut self, n: u64) -> Self {
+        self.join = self.join.offset(n);
+        self
+    }
+
+    /// The SQL this join runs, with `$n` placeholders.
+    pub fn to_sql(&self) -> String {
+        self.join.statement(true).build(PostgresQueryBuilder).0
+    }
+
+    /// The pairs, as a stream: `None` where the starting entity meets nothing.
+    pub fn fetch<'e, E>(self, db: E) -> impl Stream<Item = Result<OuterPair<T, U>>> + Send + 'e
+    where
+        E: Executor<'e, Database = Postgres> + 'e,
+    {
+        let second = second_at::<T>();
+        // The other side's entity id is never NULL in a row of it: NULL means no row.
+        let present = second + entity_id_at();
+        run(self.join.statement(true), [T::TABLE.name, U::TABLE.name], db).map(move |row| {
+            let row = row?;
+            let right = match row.try_get::<Option<Uuid>, _>(present)? {
+                Some(_) => Some(Versioned::decode_at(&row, second)?),
+                None => None,
+            };
+            Ok((Versioned::decode_at(&row, 0)?, right))
+        })
+    }
+
+    /// All pairs.
+    pub fn fetch_all<'e, E>(self, db: E) -> impl Future<Output = Result<Vec<OuterPair<T, U>>>> + Send + 'e
+    where
+        E: Executor<'e, Database = Postgres> + 'e,
+    {
+        self.fetch(db).try_collect()
+    }
+
+    /// How many pairs [`fetch_all`](Self::fetch_all) would return (limit and offset included).
+    pub fn count<'e, E>(self, db: E) -> impl Future<Output = Result<i64>> + Send + 'e
+    where
+        E: Executor<'e, Database = Postgres> + 'e,
+    {
+        count(self.join.statement(true), [T::TABLE.name, U::TABLE.name], db)
+    }
+
+    /// Whether any pair matches.
+    pub fn exists<'e, E>(self, db: E) -> impl Future<Output = Result<bool>> + Send + 'e
+    where
+        E: Executor<'e, Database = Postgres> + 'e,
+    {
+        exists(self.join.statement(true), [T::TABLE.name, U::TABLE.name], db)
+    }
+}
+
+/// Where the second entity's columns start in a row of a join over `T`: after every column
+/// reads select of `T` (reserved, own, and an upcasting entity's older columns).
+fn second_at<T: Immutable>() -> usize {
+    crate::RESERVED_COLUMNS.len() + crate::sql::data_columns(&T::TABLE).len()
+}
+
+/// The position of `entity_id` among the reserved columns.
+fn entity_id_at() -> usize {
+    crate::RESERVED_COLUMNS.iter().position(|c| *c == ENTITY_ID).expect("entity_id is a reserved column")
 }
 
 /// `"table"."column"` for every column, reserved ones first.

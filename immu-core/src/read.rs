@@ -74,7 +74,8 @@ where
     rows.iter().map(|row| Ok(Versioned::decode(row)?)).collect()
 }
 
-/// Each referenced entity as of its own instant, aligned with the input; tombstones included.
+/// Each referenced entity as of its own instant, aligned with the input: `None` where
+/// [`as_of`] fails with `NotFound` or `Deleted` (the crate docs' "Answers").
 pub(crate) async fn each_as_of<'c, T, E>(
     db: E,
     (ids, instants): (Vec<Uuid>, Vec<DateTime<Utc>>),
@@ -90,7 +91,11 @@ where
         let ordinality: i64 = row.try_get(0)?;
         let slot = usize::try_from(ordinality - 1).ok().and_then(|i| found.get_mut(i));
         if let Some(slot) = slot {
-            *slot = Some(Versioned::decode_at(&row, 1)?);
+            let version: Versioned<T> = Versioned::decode_at(&row, 1)?;
+            // Deleted at that instant: what `find_as_of(..).optional()` answers, not its tombstone.
+            if !version.is_deleted() {
+                *slot = Some(version);
+            }
         }
     }
     Ok(found)

@@ -11,9 +11,9 @@
 //!    moved) without another query;
 //! 2. the history's insert trigger checks the version (the next number, the tombstone state
 //!    machine), stamps it with the database clock, and makes it the entity's row in
-//!    `<table>_current`; if another writer took the version number first (a stale `REPEATABLE
-//!    READ`/`SERIALIZABLE` snapshot, or a writer that bypassed the lock), that fails and is
-//!    reported as [`Error::VersionConflict`]: a version is never written twice;
+//!    `<table>_current`; if another writer took the version number first, that fails: a stale
+//!    `REPEATABLE READ`/`SERIALIZABLE` snapshot as [`Error::SerializationFailure`], a writer that
+//!    bypassed the lock as [`Error::VersionConflict`]; a version is never written twice;
 //! 3. the lock is held until the transaction ends: outside a caller's transaction the write is a
 //!    `CALL` of `<table>_immu_commit`, a procedure that runs the function and commits before it
 //!    returns (see [`run_write`] for why not a bare autocommit statement), inside one the function
@@ -659,11 +659,11 @@ fn written<T: Immutable>(outcome: Outcome<T>, target: &Target) -> Result<Written
     })
 }
 
-/// Maps a write routine's failure. Another writer took the version number first when:
+/// Maps a write routine's failure. A transaction whose `REPEATABLE READ`/`SERIALIZABLE` snapshot
+/// is older than another writer's commit (SQLSTATE 40001, "stale snapshot" or "concurrent
+/// update") is [`Error::SerializationFailure`], like every 40001. Another writer took the
+/// version number first when:
 ///
-/// * the projection row the insert trigger replaces was changed by a transaction that committed
-///   after this one's `REPEATABLE READ`/`SERIALIZABLE` snapshot (SQLSTATE 40001, raised by the
-///   trigger as "computed from a stale snapshot", or by PostgreSQL as "concurrent update");
 /// * the trigger found the version taken (IMMU2, "would skip or repeat a version"), which only a
 ///   writer that bypassed the advisory lock can cause;
 /// * a unique violation on the table's primary key;
@@ -686,8 +686,6 @@ fn write_error<T: Immutable>(err: sqlx::Error, entity_id: Uuid, intent: Intent) 
         }
         let pkey = db.constraint().is_some_and(|c| c.strip_suffix("_pkey") == Some(table));
         let taken = (db.is_unique_violation() && pkey)
-            || (code.as_deref() == Some("40001")
-                && (db.message().contains("concurrent update") || db.message().contains("stale snapshot")))
             || (code.as_deref() == Some(crate::error::INVALID_HISTORY_SQLSTATE)
                 && db.message().contains("skip or repeat"));
         if taken {

@@ -12,6 +12,7 @@ mod demo;
 mod drift;
 mod evolution;
 mod import;
+mod joins;
 mod queries;
 mod raw_sql;
 mod reads;
@@ -32,6 +33,7 @@ fn main() -> std::process::ExitCode {
             demo::tests(),
             queries::tests(),
             associations::tests(),
+            joins::tests(),
             upgrade::tests(),
             security::tests(),
             evolution::tests(),

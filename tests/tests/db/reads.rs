@@ -15,6 +15,8 @@ immu_tests::tests![
     find_version_returns_each_version_including_tombstones,
     history_lists_every_version_in_order,
     history_of_unknown_entity_is_not_found,
+    find_each_as_of_answers_what_find_as_of_optional_answers,
+    lists_answer_with_what_they_find_and_single_reads_with_errors,
     reads_inside_a_transaction_see_its_writes,
     all_column_kinds_round_trip,
     versioned_serializes_flat,
@@ -130,6 +132,67 @@ async fn history_lists_every_version_in_order(db: Db) -> TestResult {
 async fn history_of_unknown_entity_is_not_found(db: Db) -> TestResult {
     let err = Account::history(&db.pool, Uuid::now_v7()).await.unwrap_err();
     assert!(err.is_not_found(), "{err:?}");
+    Ok(())
+}
+
+async fn find_each_as_of_answers_what_find_as_of_optional_answers(db: Db) -> TestResult {
+    let v1 = Account::insert(&db.pool, Account::new("ada", 1)).await?;
+    let v2 = Account::modify(&db.pool, v1.entity_id, |a| a.balance = 2).await?;
+    let tomb = Account::delete(&db.pool, v1.entity_id).await?;
+    let back = Account::undelete(&db.pool, v1.entity_id).await?;
+    let other = Account::insert(&db.pool, Account::new("bob", 5)).await?;
+    let instants: Vec<DateTime<Utc>> = [&v1, &v2, &tomb, &back, &other]
+        .iter()
+        .flat_map(|v| [v.valid_from - MICROSECOND, v.valid_from, v.valid_from + MICROSECOND])
+        .chain([DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC])
+        .collect();
+    let mut refs = Vec::new();
+    for id in [v1.entity_id, other.entity_id, Uuid::now_v7()] {
+        refs.extend(instants.iter().map(|at| (id, *at)));
+    }
+    let batch = Account::find_each_as_of(&db.pool, refs.clone()).await?;
+    assert_eq!(batch.len(), refs.len());
+    for ((id, at), found) in refs.into_iter().zip(batch) {
+        let single = Account::find_as_of(&db.pool, id, at).await.optional()?;
+        assert_eq!(found, single, "{id} at {at}");
+    }
+    // The deleted interval: None in the batch, Deleted for the single read.
+    let found = Account::find_each_as_of(&db.pool, [(v1.entity_id, tomb.valid_from)]).await?;
+    assert_eq!(found, [None]);
+    assert!(Account::find_as_of(&db.pool, v1.entity_id, tomb.valid_from).await.unwrap_err().is_deleted());
+    Ok(())
+}
+
+async fn lists_answer_with_what_they_find_and_single_reads_with_errors(db: Db) -> TestResult {
+    let live = Account::insert(&db.pool, Account::new("live", 1)).await?;
+    let gone = Account::insert(&db.pool, Account::new("gone", 1)).await?;
+    let tomb = Account::delete(&db.pool, gone.entity_id).await?;
+    let ghost = Uuid::now_v7();
+    let ids = [live.entity_id, gone.entity_id, ghost];
+
+    // A list: what it finds. The unknown entity is absent, the deleted one too unless asked for.
+    assert_eq!(Account::query().ids(ids).fetch_all(&db.pool).await?, vec![live.clone()]);
+    let mut with_deleted = Account::query().with_deleted().ids(ids).fetch_all(&db.pool).await?;
+    with_deleted.sort_by_key(|v| v.entity_id);
+    assert_eq!(with_deleted, [live.clone(), tomb.clone()]);
+    assert_eq!(Account::query().ids([ghost]).count(&db.pool).await?, 0);
+    assert!(!Account::query().ids([ghost, gone.entity_id]).exists(&db.pool).await?);
+    assert_eq!(Account::query().ids([ghost]).fetch_optional(&db.pool).await?, None);
+    assert_eq!(Account::query().as_of(live.valid_from - MICROSECOND).ids(ids).count(&db.pool).await?, 0);
+    // Stored versions (history mode) include tombstones.
+    assert_eq!(Account::query().all_versions().ids(ids).count(&db.pool).await?, 3);
+
+    // One entity: an error for what is not there.
+    assert!(Account::find(&db.pool, ghost).await.unwrap_err().is_not_found());
+    assert!(Account::find(&db.pool, gone.entity_id).await.unwrap_err().is_deleted());
+    assert!(Account::history(&db.pool, ghost).await.unwrap_err().is_not_found());
+    assert!(Account::find_version(&db.pool, ghost, 1).await.unwrap_err().is_not_found());
+    // Stored versions of one entity: the tombstone is a version like the others.
+    assert_eq!(Account::history(&db.pool, gone.entity_id).await?, [gone.clone(), tomb.clone()]);
+    assert_eq!(Account::find_version(&db.pool, gone.entity_id, 2).await?, tomb);
+    // A yes-or-no question: None is no.
+    assert_eq!(Account::find_write(&db.pool, ghost, Uuid::now_v7()).await?, None);
+    assert_eq!(Account::find_write(&db.pool, gone.entity_id, tomb.id).await?, Some(tomb));
     Ok(())
 }
 
