@@ -212,31 +212,45 @@ BEGIN
                       string_agg(format('NEW.%I::%s', x.c, x.t), ', ' ORDER BY x.o))
           INTO revert_same FROM unnest(own_cols, own_ptypes) WITH ORDINALITY AS x (c, t, o);
     END IF;
-    provenance := $p$-- Who wrote it: the session's database user and application_name, always (nobody can
-    -- give others); the actor, reason and context the write gave, else this transaction's
-    -- settings immu.actor, immu.reason and immu.context.
+    -- (Each statement is a PL/pgSQL "simple expression", evaluated without the executor, and a
+    -- field of NEW is assigned only when it changes: this block is on every write's path.)
+    provenance := $p$-- Who wrote it: the session's database user and application_name, always (the
+    -- database user is evidence: the trigger overwrites whatever the writer gave); the actor,
+    -- reason and context the write gave, else this transaction's settings immu.actor, immu.reason
+    -- and immu.context.
     NEW.immu_db_user := session_user;
     NEW.immu_application := NULLIF(pg_catalog.current_setting('application_name'), '');
     IF NEW.immu_actor IS NULL THEN
-        NEW.immu_actor := NULLIF(pg_catalog.current_setting('immu.actor', true), '');
+        immu_setting := pg_catalog.current_setting('immu.actor', true);
+        IF immu_setting <> '' THEN
+            NEW.immu_actor := immu_setting;
+        END IF;
     END IF;
     IF NEW.immu_reason IS NULL THEN
-        NEW.immu_reason := NULLIF(pg_catalog.current_setting('immu.reason', true), '');
+        immu_setting := pg_catalog.current_setting('immu.reason', true);
+        IF immu_setting <> '' THEN
+            NEW.immu_reason := immu_setting;
+        END IF;
     END IF;
     IF NEW.immu_context IS NULL THEN
-        NEW.immu_context := NULLIF(pg_catalog.current_setting('immu.context', true), '')::jsonb;
+        immu_setting := pg_catalog.current_setting('immu.context', true);
+        IF immu_setting <> '' THEN
+            NEW.immu_context := immu_setting::jsonb;
+        END IF;
     END IF;
-    IF NEW.immu_revert_of IS NOT NULL AND (NEW.immu_revert_of < 1 OR NEW.immu_revert_of >= NEW.version) THEN
-        RAISE EXCEPTION 'version % of entity % reverts to version %, which is not an earlier version', NEW.version, NEW.entity_id, NEW.immu_revert_of
-            USING ERRCODE = 'IMMU2', SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'immu_revert_of';
-    END IF;
-    -- A revert carries the data of the version it reverts to.
-    IF NEW.immu_revert_of IS NOT NULL AND NOT EXISTS (
-        SELECT FROM ONLY $p$ || history::text || $p$ AS immu_r
-        WHERE immu_r.entity_id = NEW.entity_id AND immu_r.version = NEW.immu_revert_of
-          AND $p$ || revert_same || $p$) THEN
-        RAISE EXCEPTION 'version % of entity % says it reverts to version %, and its data differs from that version''s', NEW.version, NEW.entity_id, NEW.immu_revert_of
-            USING ERRCODE = 'IMMU2', SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'immu_revert_of';
+    IF NEW.immu_revert_of IS NOT NULL THEN
+        IF NEW.immu_revert_of < 1 OR NEW.immu_revert_of >= NEW.version THEN
+            RAISE EXCEPTION 'version % of entity % reverts to version %, which is not an earlier version', NEW.version, NEW.entity_id, NEW.immu_revert_of
+                USING ERRCODE = 'IMMU2', SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'immu_revert_of';
+        END IF;
+        -- A revert carries the data of the version it reverts to.
+        IF NOT EXISTS (
+            SELECT FROM ONLY $p$ || history::text || $p$ AS immu_r
+            WHERE immu_r.entity_id = NEW.entity_id AND immu_r.version = NEW.immu_revert_of
+              AND $p$ || revert_same || $p$) THEN
+            RAISE EXCEPTION 'version % of entity % says it reverts to version %, and its data differs from that version''s', NEW.version, NEW.entity_id, NEW.immu_revert_of
+                USING ERRCODE = 'IMMU2', SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'immu_revert_of';
+        END IF;
     END IF;$p$;
     IF immu.option(history, 'require_actor') THEN
         provenance := provenance || format($p$
@@ -292,6 +306,7 @@ DECLARE
     immu_valid_from timestamptz;
     immu_deleted_at timestamptz;
     immu_importing boolean;
+    immu_setting text;
 BEGIN
     -- It runs as the table's owner: only ever as the insert trigger of its own history.
     IF TG_RELID <> %2$L::regclass::oid OR TG_OP <> 'INSERT' OR TG_WHEN <> 'BEFORE' OR TG_LEVEL <> 'ROW' THEN

@@ -118,7 +118,8 @@ pub(crate) struct Timing {
 }
 
 /// Runs `scenario`: a warm-up round per variant, then `timing.rounds` rounds per variant,
-/// interleaved (round `r` starts with variant `r mod n`, so no variant always runs first), on a
+/// interleaved (round `r` starts with variant `r mod n`, every other round in reverse order, so no
+/// variant always runs first or after the same one), on a
 /// pool of exactly `clients` connections (each client holds one connection for the round).
 pub(crate) async fn scenario(
     url: &str,
@@ -146,7 +147,10 @@ pub(crate) async fn scenario(
         .collect();
     for r in 0..timing.rounds {
         for i in 0..n {
-            let k = (r + i) % n;
+            // Round r starts with variant r mod n, and every other round runs backwards, so that no
+            // variant always follows the same one (a write-heavy variant leaves dead rows and WAL
+            // to its successor).
+            let k = if r % 2 == 0 { (r + i) % n } else { (r + n - i) % n };
             let result = round(&pool, clients, scenario.variants[k].op, ctx, timing.round, seed(r)).await?;
             measured[k].rounds.push(result);
         }
