@@ -1,23 +1,7 @@
 //! Who wrote a version and why: [`Audit`], what a writer says, and [`Provenance`], what the
 //! database stored with the version.
 //!
-//! Every version records, in columns of its own row (release 3 of the machinery):
-//!
-//! | column             | from                                                                   |
-//! |--------------------|------------------------------------------------------------------------|
-//! | `immu_actor`       | the write's [`Audit`], else the transaction's `immu.actor` setting      |
-//! | `immu_reason`      | the write's [`Audit`], else `immu.reason`                                |
-//! | `immu_context`     | the write's [`Audit`], else `immu.context` (JSON)                        |
-//! | `immu_db_user`     | the session's database user (`session_user`), stamped by the database  |
-//! | `immu_application` | the session's `application_name`, stamped by the database              |
-//! | `immu_revert_of`   | the version a [`revert`](crate::Immutable::revert) restored             |
-//!
-//! The database user and application are stamped by the insert trigger for every version, immu's
-//! or raw SQL's: nothing is anonymous. The database user is evidence (no writer can record
-//! another); the application name, like the actor, reason and context, is what the client says
-//! (any session sets its own `application_name`). A table can require an actor
-//! (`SELECT immu.configure_versioning('accounts', require_actor => true);`), and a version without
-//! one is then refused with [`Error::ActorRequired`](crate::Error::ActorRequired).
+//! See [`Provenance`](crate::Provenance) for the columns.
 
 use std::future::IntoFuture;
 
@@ -169,8 +153,26 @@ impl Audit {
     }
 }
 
-/// Who wrote a version and why, as the database stored it with the version (see the
-/// [module docs](self)). Versions written before immu's release 3 have none of it.
+/// Who wrote a version and why, as the database stored it with the version. Versions written
+/// before immu's release 3 have none of it.
+///
+/// Every version records, in columns of its own row (release 3 of the machinery):
+///
+/// | column             | from                                                                   |
+/// |--------------------|------------------------------------------------------------------------|
+/// | `immu_actor`       | the write's [`Audit`], else the transaction's `immu.actor` setting      |
+/// | `immu_reason`      | the write's [`Audit`], else `immu.reason`                                |
+/// | `immu_context`     | the write's [`Audit`], else `immu.context` (JSON)                        |
+/// | `immu_db_user`     | the session's database user (`session_user`), stamped by the database  |
+/// | `immu_application` | the session's `application_name`, stamped by the database              |
+/// | `immu_revert_of`   | the version a [`revert`](crate::Immutable::revert) restored             |
+///
+/// The database user and application are stamped by the insert trigger for every version, immu's
+/// or raw SQL's: nothing is anonymous. The database user is evidence (no writer can record
+/// another); the application name, like the actor, reason and context, is what the client says
+/// (any session sets its own `application_name`). A table can require an actor
+/// (`SELECT immu.configure_versioning('accounts', require_actor => true);`), and a version without
+/// one is then refused with [`Error::ActorRequired`](crate::Error::ActorRequired).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Provenance {
     /// The actor the write gave ([`Audit::actor`]) or its transaction set (`immu.actor`).

@@ -410,13 +410,13 @@ pub struct Row {
     pub balance: i64,
     /// Who wrote it ([`ACTOR`] for every write of a scenario).
     pub immu_actor: Option<String>,
-    /// Why ([`insert`] and [`write`] give the op's tag).
+    /// Why ([`insert`] and [`write()`] give the op's tag).
     pub immu_reason: Option<String>,
     /// The database user the database stamped.
     pub immu_db_user: Option<String>,
 }
 
-/// The actor of every write [`insert`] and [`write`] make: the checker verifies it, the op's tag
+/// The actor of every write [`insert`] and [`write()`] make: the checker verifies it, the op's tag
 /// as the reason, and a database user, on every acknowledged version.
 pub const ACTOR: &str = "reliability-checker";
 
@@ -439,7 +439,7 @@ impl Row {
     }
 
     /// Whether the row records who wrote it and why as `op` gave it: the op's actor and tag (for
-    /// the ops [`insert`] and [`write`] make), and always a database user.
+    /// the ops [`insert`] and [`write()`] make), and always a database user.
     fn provenance_of(&self, op: &Op) -> bool {
         let given = match op.kind {
             Kind::Raw { .. } => true,
