@@ -101,15 +101,13 @@ pub(crate) const RESERVED_PREFIX: &str = "immu_";
 
 /// Whether `name` collides with one of the columns immu adds to every table.
 pub(crate) fn reserved(name: &str) -> Option<Reserved> {
-    if name.len() >= RESERVED_PREFIX.len()
-        && name[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX)
-    {
-        return Some(Reserved::Prefix);
-    }
-    RESERVED_COLUMNS
+    let column = RESERVED_COLUMNS
         .iter()
         .find(|r| r.eq_ignore_ascii_case(name))
-        .map(|&r| if r == name { Reserved::Exact(r) } else { Reserved::CaseVariant(r) })
+        .map(|&r| if r == name { Reserved::Exact(r) } else { Reserved::CaseVariant(r) });
+    let prefixed = name.len() >= RESERVED_PREFIX.len()
+        && name[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX);
+    column.or(prefixed.then_some(Reserved::Prefix))
 }
 
 /// The default table name for a struct name: snake_case (`LedgerEntry` -> `ledger_entry`,

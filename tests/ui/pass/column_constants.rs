@@ -63,11 +63,22 @@ fn main() {
     assert_eq!(bank::internal::private_constant(), "value");
 
     // Reserved columns.
-    let reserved: Vec<&str> =
-        [Account::ID, Account::ENTITY_ID, Account::VERSION, Account::VALID_FROM, Account::DELETED_AT]
-            .iter()
-            .map(|c| c.name())
-            .collect();
+    let reserved: Vec<&str> = [
+        Account::ID,
+        Account::ENTITY_ID,
+        Account::VERSION,
+        Account::VALID_FROM,
+        Account::DELETED_AT,
+        Account::IMMU_ACTOR,
+        Account::IMMU_REASON,
+        Account::IMMU_CONTEXT,
+        Account::IMMU_DB_USER,
+        Account::IMMU_APPLICATION,
+        Account::IMMU_REVERT_OF,
+    ]
+    .iter()
+    .map(|c| c.name())
+    .collect();
     assert_eq!(reserved, immu_core::RESERVED_COLUMNS);
     assert_eq!(Audit::ENTITY_ID.table(), "audit");
 
