@@ -673,7 +673,7 @@ BEGIN
     ELSE
         -- One row (the version, or the refusal) or none (no such entity); never more.
         BEGIN
-            EXECUTE immu_patch USING entity_id, immu_lock, id, immu_columns, immu_actor, immu_reason, immu_context
+            EXECUTE immu_patch USING entity_id, immu_lock, id, immu_columns, immu_actor, immu_reason, immu_context, immu_shape
                 INTO STRICT %5$s;
         EXCEPTION WHEN no_data_found THEN
             -- No such entity: every column NULL, as the function's empty result leaves them.

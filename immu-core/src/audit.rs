@@ -3,7 +3,9 @@
 //!
 //! See [`Provenance`](crate::Provenance) for the columns.
 
-use std::future::IntoFuture;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use serde::{Deserialize, Serialize};
 use sqlx::{Executor, Postgres};
@@ -92,15 +94,12 @@ impl Audit {
     }
 
     /// Runs `future` (any future, or a [`Patch`](crate::Patch)) with this audit applied to every
-    /// write it makes (on this task: a future
-    /// spawned with `tokio::spawn` starts without it). Fields this audit leaves unset are those
-    /// of the scope around it, if any.
-    pub fn scope<F: IntoFuture>(
-        self,
-        future: F,
-    ) -> tokio::task::futures::TaskLocalFuture<Audit, F::IntoFuture> {
-        let merged = self.over(Audit::current());
-        SCOPE.scope(merged, future.into_future())
+    /// write it makes (on this task: a future spawned with `tokio::spawn` starts without it).
+    /// Fields this audit leaves unset are those of the scope the future runs in, when it first
+    /// runs (so a scoped future built first and awaited inside another scope inherits from that
+    /// one).
+    pub fn scope<F: IntoFuture>(self, future: F) -> Scoped<F::IntoFuture> {
+        Scoped { audit: self, merged: None, future: future.into_future() }
     }
 
     /// The audit of the current task's [`scope`](Self::scope), if any (empty otherwise).
@@ -150,6 +149,29 @@ impl Audit {
             reason: self.reason.or(outer.reason),
             context: self.context.or(outer.context),
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future running with an [`Audit`] in scope: [`Audit::scope`]'s.
+    #[must_use = "futures do nothing unless awaited"]
+    pub struct Scoped<F> {
+        audit: Audit,
+        merged: Option<Audit>,
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        // Merged with the scope around it when first polled, then kept.
+        let merged = this.merged.get_or_insert_with(|| this.audit.clone().over(Audit::current()));
+        let future = this.future;
+        SCOPE.sync_scope(merged.clone(), || future.poll(cx))
     }
 }
 

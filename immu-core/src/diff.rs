@@ -1,9 +1,10 @@
 //! Field-level differences between versions of an entity: [`Diff`].
 //!
 //! Values are compared as PostgreSQL's JSON rendering of each column (`to_jsonb` of the version
-//! row), so every column type diffs the same way and a diff serializes as is for an API. Every
-//! column of the table counts, including those the struct does not name; immu's own columns do
-//! not (a tombstone, an undelete and a revert say so in [`Diff::change`]).
+//! row), exactly (as text: `1.0` and `1.00` differ), so every column type diffs the same way and a
+//! diff serializes as is for an API. Every column of the table counts, including those the struct
+//! does not name; immu's own columns do not (a tombstone, an undelete and a revert say so in
+//! [`Diff::change`]).
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -31,7 +32,12 @@ pub enum Change {
     },
 }
 
-/// One column that differs between two versions.
+/// One column that differs between two versions, with its values as PostgreSQL renders them in
+/// JSON: numbers as JSON numbers (read into `f64`: a `numeric` beyond its precision is shown
+/// rounded, though the difference is detected exactly), `bytea` as a `"\\x..."` string, an enum
+/// as its label, a timestamp as an ISO 8601 string. [`from_as`](Self::from_as) reads such a value
+/// through serde; for typed values of every field, use the versions themselves
+/// ([`history_with_diffs`](crate::Immutable::history_with_diffs) returns them too).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldChange {
     /// The column's name.
@@ -79,9 +85,10 @@ impl FieldChange {
 pub struct Diff {
     /// The entity.
     pub entity_id: Uuid,
-    /// The older version (`None`: the diff of version 1, from nothing).
+    /// The version the diff starts from, the first one given to [`diff`](crate::Immutable::diff)
+    /// (`None`: the diff of version 1, from nothing, in a history).
     pub from_version: Option<i64>,
-    /// The newer version.
+    /// The version the diff goes to.
     pub to_version: i64,
     /// What kind of change the newer version is, when the two are consecutive.
     pub change: Option<Change>,
@@ -117,9 +124,9 @@ where
         return Err(Error::NotFound { table: T::TABLE.name, entity_id, version: None });
     }
     let mut out = Vec::with_capacity(rows.len());
-    let mut previous: Option<(i64, serde_json::Value)> = None;
+    let mut previous: Option<(i64, JsonRow)> = None;
     for row in rows {
-        let json: serde_json::Value = row.try_get("immu_row")?;
+        let json = parse(row.try_get("immu_row")?)?;
         let version = Versioned::<T>::decode(&row)?;
         let diff = Diff {
             entity_id,
@@ -148,10 +155,10 @@ where
         .bind(vec![from, to])
         .fetch_all(db)
         .await?;
-    let row_of = |version: i64| -> Result<serde_json::Value> {
+    let row_of = |version: i64| -> Result<JsonRow> {
         for row in &rows {
             if row.try_get::<i64, _>(0)? == version {
-                return Ok(row.try_get(1)?);
+                return parse(row.try_get(1)?);
             }
         }
         Err(Error::NotFound { table: T::TABLE.name, entity_id, version: Some(version) })
@@ -167,14 +174,27 @@ where
     })
 }
 
+/// A version row as PostgreSQL renders it in JSON: each column's value, as text.
+type JsonRow = std::collections::BTreeMap<String, Box<serde_json::value::RawValue>>;
+
+/// Parses `to_jsonb(row)::text`.
+fn parse(text: String) -> Result<JsonRow> {
+    serde_json::from_str(&text).map_err(|e| Error::Database(sqlx::Error::Decode(Box::new(e))))
+}
+
+/// The value of `column` in `row` (JSON `null` when absent).
+fn value(row: &JsonRow, column: &str) -> serde_json::Value {
+    row.get(column).and_then(|raw| serde_json::from_str(raw.get()).ok()).unwrap_or(serde_json::Value::Null)
+}
+
 /// The kind of change a version (`new`, its JSON row) is after the one before it (`old`).
-fn consecutive_change(old: &serde_json::Value, new: &serde_json::Value) -> Change {
-    let deleted = |row: &serde_json::Value| !row["deleted_at"].is_null();
+fn consecutive_change(old: &JsonRow, new: &JsonRow) -> Change {
+    let deleted = |row: &JsonRow| !value(row, "deleted_at").is_null();
     if deleted(new) {
         Change::Deleted
     } else if deleted(old) {
         Change::Undeleted
-    } else if let Some(to) = new["immu_revert_of"].as_i64() {
+    } else if let Some(to) = value(new, "immu_revert_of").as_i64() {
         Change::Reverted { to }
     } else {
         Change::Updated
@@ -183,10 +203,9 @@ fn consecutive_change(old: &serde_json::Value, new: &serde_json::Value) -> Chang
 
 /// The columns of the table (not immu's) whose values differ between `old` (none: version 1) and
 /// `new`: the struct's columns first, in field order, then the others, by name.
-fn fields<T: Immutable>(old: Option<&serde_json::Value>, new: &serde_json::Value) -> Vec<FieldChange> {
-    let empty = serde_json::Map::new();
-    let new = new.as_object().unwrap_or(&empty);
-    let old = old.and_then(|o| o.as_object()).unwrap_or(&empty);
+fn fields<T: Immutable>(old: Option<&JsonRow>, new: &JsonRow) -> Vec<FieldChange> {
+    let empty = JsonRow::new();
+    let old = old.unwrap_or(&empty);
     let mut names: Vec<&String> = new
         .keys()
         .chain(old.keys().filter(|k| !new.contains_key(*k)))
@@ -200,13 +219,12 @@ fn fields<T: Immutable>(old: Option<&serde_json::Value>, new: &serde_json::Value
     names
         .into_iter()
         .filter_map(|name| {
-            let from = old.get(name).cloned().unwrap_or(serde_json::Value::Null);
-            let to = new.get(name).cloned().unwrap_or(serde_json::Value::Null);
-            (from != to).then(|| FieldChange {
+            let text = |row: &JsonRow| row.get(name).map_or("null", |raw| raw.get()).to_owned();
+            (text(old) != text(new)).then(|| FieldChange {
                 column: name.clone(),
                 field: T::TABLE.column(name).map(|c| c.field.to_owned()),
-                from,
-                to,
+                from: value(old, name),
+                to: value(new, name),
             })
         })
         .collect()

@@ -303,6 +303,25 @@ pub enum Error {
         message: String,
     },
 
+    /// A partial update ([`patch`](crate::Immutable::patch)) of an entity whose latest version was
+    /// written by an older shape of an entity that upcasts it: patching columns in place would
+    /// change columns that version is not read by. Nothing was written; read, convert and write it
+    /// with [`modify`](crate::Immutable::modify) (or [`update`](crate::Immutable::update)), which
+    /// writes the current shape, then patch.
+    #[error(
+        "{table}: version {version} of entity {entity_id} has shape {shape}, older than the entity's; patch it after a modify or update writes the current shape"
+    )]
+    OlderShape {
+        /// Table of the entity.
+        table: &'static str,
+        /// The entity.
+        entity_id: Uuid,
+        /// Its latest version.
+        version: i64,
+        /// The shape that wrote it.
+        shape: i32,
+    },
+
     /// Any other database or driver error.
     #[error(transparent)]
     Database(sqlx::Error),
@@ -463,8 +482,12 @@ impl From<sqlx::Error> for Error {
                         pg.and_then(|e| e.detail()).and_then(|d| d.split('"').nth(3)).unwrap_or_default();
                     return Error::AppendOnly { table: table.to_owned(), operation: "TRUNCATE".to_owned() };
                 }
-                Some("42P01") => {
-                    // undefined_table: `relation "accounts" does not exist`
+                // undefined_table: `relation "accounts" does not exist` (not `missing FROM-clause
+                // entry for table "customers"`, a statement naming a table it does not select from).
+                Some("42P01")
+                    if db.message().starts_with("relation \"")
+                        && db.message().ends_with("does not exist") =>
+                {
                     let table = db.message().split('"').nth(1).unwrap_or_default().to_owned();
                     return Error::MissingTable { table };
                 }
@@ -579,6 +602,7 @@ mod tests {
             Error::MachineryMismatch { table: "t", message: "m".into() },
             Error::PermissionDenied { message: "permission denied".into() },
             Error::ActorRequired { table: "t".into(), message: "no actor".into() },
+            Error::OlderShape { table: "t", entity_id: id, version: 1, shape: 1 },
             Error::Database(sqlx::Error::PoolTimedOut),
             Error::Database(sqlx::Error::PoolClosed),
             Error::Database(sqlx::Error::RowNotFound),
@@ -613,7 +637,8 @@ mod tests {
                 | Error::UnsafeSetup { .. }
                 | Error::MachineryMismatch { .. }
                 | Error::PermissionDenied { .. }
-                | Error::ActorRequired { .. } => false,
+                | Error::ActorRequired { .. }
+                | Error::OlderShape { .. } => false,
             };
             assert_eq!(err.is_retryable(), expected, "{err:?}");
         }

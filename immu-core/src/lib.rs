@@ -162,6 +162,8 @@
 //!   [`InvalidValue`](Error::InvalidValue), [`UnknownReference`](Error::UnknownReference),
 //!   [`PermissionDenied`](Error::PermissionDenied), [`ActorRequired`](Error::ActorRequired) (a
 //!   table that requires an actor, and a write without one);
+//! * what a partial update refuses: [`OlderShape`](Error::OlderShape) (the latest version is of an
+//!   older shape the entity upcasts);
 //! * what the setup refuses: [`MissingTable`](Error::MissingTable),
 //!   [`UnknownColumn`](Error::UnknownColumn), [`SchemaDrift`](Error::SchemaDrift),
 //!   [`UnsafeSetup`](Error::UnsafeSetup), [`MachineryMismatch`](Error::MachineryMismatch),
@@ -193,7 +195,7 @@ mod sql;
 mod versioned;
 mod write;
 
-pub use audit::{Audit, Provenance};
+pub use audit::{Audit, Provenance, Scoped};
 pub use column::Column;
 pub use diff::{Change, Diff, FieldChange};
 #[doc(hidden)]

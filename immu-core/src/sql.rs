@@ -64,7 +64,8 @@ pub struct Sql {
     /// The write statements, by [`WriteKind`]: see [`Write`].
     pub(crate) writes: [Write; 5],
     /// The `CALL` of a partial update (see [`patch`]): `$1` the entity, `$2` its lock key, `$3` the
-    /// new version row's id, `$4` the columns set, `$5`-`$7` the provenance, `$8` the statement.
+    /// new version row's id, `$4` the columns set, `$5`-`$7` the provenance, `$8` the statement,
+    /// `$9` the entity's shape.
     pub(crate) patch_call: String,
     /// Every column of entity `$1`'s versions, then each version's row as JSON (`immu_row`), in
     /// version order: history with diffs.
@@ -188,11 +189,11 @@ impl Sql {
             .map(|kind| write(table, kind)),
             patch_call: format!(
                 "CALL {}(immu_kind => 'update', entity_id => $1, immu_lock => $2, id => $3, immu_columns => $4, \
-                 immu_actor => $5, immu_reason => $6, immu_context => $7, immu_patch => $8)",
+                 immu_actor => $5, immu_reason => $6, immu_context => $7, immu_patch => $8, immu_shape => $9)",
                 quote(&routine_name(table.name, "commit"))
             ),
             history_rows: format!(
-                "SELECT {}, pg_catalog.to_jsonb(\"immu_h\") AS \"immu_row\" FROM {} AS \"immu_h\" WHERE {} = $1 ORDER BY {}, {}",
+                "SELECT {}, pg_catalog.to_jsonb(\"immu_h\")::text AS \"immu_row\" FROM {} AS \"immu_h\" WHERE {} = $1 ORDER BY {}, {}",
                 all().map(|c| format!("\"immu_h\".{}", quote(c))).collect::<Vec<_>>().join(", "),
                 quote(table.name),
                 quote(ENTITY_ID),
@@ -200,7 +201,7 @@ impl Sql {
                 quote(VERSION)
             ),
             version_rows: format!(
-                "SELECT \"immu_h\".{}, pg_catalog.to_jsonb(\"immu_h\") FROM {} AS \"immu_h\" WHERE \"immu_h\".{} = $1 AND \"immu_h\".{} = ANY ($2)",
+                "SELECT \"immu_h\".{}, pg_catalog.to_jsonb(\"immu_h\")::text FROM {} AS \"immu_h\" WHERE \"immu_h\".{} = $1 AND \"immu_h\".{} = ANY ($2)",
                 quote(VERSION),
                 quote(table.name),
                 quote(ENTITY_ID),
@@ -264,24 +265,35 @@ fn write(table: &TableDef, kind: WriteKind) -> Write {
     }
 }
 
-/// The statement of a partial update of `table` that sets each of `sets` (a column, and the SQL
-/// of its new value over the entity's latest version, whose columns it names as
+/// The statement of a partial update of `table` that sets each of `sets` (a column, its type, and
+/// the SQL of its new value over the entity's latest version, whose columns it names as
 /// `"<table>"."<column>"`): the entity's lock and latest version (`<table>_immu_latest`), then the
-/// write function with the new values computed from it, in one statement run by the server under
-/// the lock. Binds `$1` the entity, `$2` its lock key, `$3` the new version row's id, `$4` the
-/// columns set, `$5`-`$7` the provenance (see [`Write`]).
-pub(crate) fn patch(table: &TableDef, sets: &[(&str, String)]) -> String {
+/// write function with the new values computed from it (each cast to its column's type, as an
+/// `UPDATE` would), in one statement run by the server under the lock. The version keeps the
+/// latest one's shape, or takes the entity's if newer; for an entity that upcasts, a latest
+/// version of an older shape is not patched (no row: the columns it would change are not those
+/// that version is read by). Binds `$1` the entity, `$2` its lock key, `$3` the new version row's
+/// id, `$4` the columns set, `$5`-`$7` the provenance (see [`Write`]), `$8` the entity's shape.
+pub(crate) fn patch(table: &TableDef, sets: &[(&str, &str, String)]) -> String {
     let alias = quote(table.name);
-    let values: String =
-        sets.iter().map(|(column, value)| format!(", {} => ({value})", quote(column))).collect();
+    let values: String = sets
+        .iter()
+        .map(|(column, sql_type, value)| format!(", {} => (({value})::{sql_type})", quote(column)))
+        .collect();
+    let shape = quote(SHAPE);
+    let guard = if table.upcast.is_some() {
+        format!(" WHERE {alias}.{shape} IS NULL OR {alias}.{shape} >= $8")
+    } else {
+        String::new()
+    };
     format!(
         "SELECT \"immu_w\".* FROM {latest}($1, $2) AS {alias}, LATERAL {write}(immu_kind => 'update', \
          immu_id => $3, immu_entity_id => $1, immu_expected => {alias}.{version}, immu_columns => $4, \
-         immu_shape => {alias}.{shape}, immu_actor => $5, immu_reason => $6, immu_context => $7{values}) AS \"immu_w\"",
+         immu_shape => GREATEST({alias}.{shape}, $8), immu_actor => $5, immu_reason => $6, \
+         immu_context => $7{values}) AS \"immu_w\"{guard}",
         latest = quote(&routine_name(table.name, "latest")),
         write = quote(&routine_name(table.name, "write")),
         version = quote(VERSION),
-        shape = quote(SHAPE),
     )
 }
 

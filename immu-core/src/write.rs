@@ -246,12 +246,12 @@ where
 {
     let mut rendered = Vec::with_capacity(sets.len());
     for (column, value) in sets {
-        if T::TABLE.column(column).is_none() {
+        let Some(def) = T::TABLE.column(column) else {
             return Err(Error::UnknownColumn { table: T::TABLE.name, column: column.to_owned() });
-        }
-        rendered.push((column, render(value)));
+        };
+        rendered.push((column, def.sql_type, render(value)));
     }
-    let columns: Vec<&str> = rendered.iter().map(|(c, _)| *c).collect();
+    let columns: Vec<&str> = rendered.iter().map(|(c, _, _)| *c).collect();
     let statement = crate::sql::patch(&T::TABLE, &rendered);
     let mut conn = db.acquire().await?;
     let target = Target::new::<T>(entity_id, Intent::Patch);
@@ -267,9 +267,31 @@ where
         }
         other => other,
     };
-    match outcome {
-        Ok(outcome) => written(outcome, &target),
+    match outcome.map(|outcome| written(outcome, &target)) {
+        // For an entity that upcasts, no row also means a latest version of an older shape.
+        Ok(Err(Error::NotFound { .. })) if T::TABLE.upcast.is_some() => {
+            Err(older_shape::<T>(&mut conn, entity_id).await)
+        }
+        Ok(result) => result,
         Err(err) => Err(diagnose::<T>(&mut conn, err).await),
+    }
+}
+
+/// Why a partial update of an upcasting entity found nothing to patch: its latest version is of
+/// an older shape ([`Error::OlderShape`]), or it does not exist.
+async fn older_shape<T: Immutable>(conn: &mut PgConnection, entity_id: Uuid) -> Error {
+    let sql = format!(
+        "SELECT version, immu_shape FROM {} WHERE entity_id = $1",
+        crate::sql::quote(&crate::sql::current_table_name(T::TABLE.name))
+    );
+    let found: sqlx::Result<Option<(i64, Option<i32>)>> =
+        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(entity_id).fetch_optional(&mut *conn).await;
+    match found {
+        Ok(Some((version, Some(shape)))) if shape < T::TABLE.shape => {
+            Error::OlderShape { table: T::TABLE.name, entity_id, version, shape }
+        }
+        Ok(_) => Error::NotFound { table: T::TABLE.name, entity_id, version: None },
+        Err(err) => err.into(),
     }
 }
 
@@ -313,6 +335,7 @@ struct Target {
     intent: Intent,
     audit: Audit,
     revert_at: Option<DateTime<Utc>>,
+    shape: i32,
 }
 
 impl Target {
@@ -324,6 +347,7 @@ impl Target {
             intent,
             audit: Audit::current(),
             revert_at: None,
+            shape: T::TABLE.shape,
         }
     }
 
@@ -368,6 +392,7 @@ impl Target {
         if let Some(statement) = call {
             args.add(statement).map_err(sqlx::Error::Encode)?;
         }
+        args.add(self.shape).map_err(sqlx::Error::Encode)?;
         Ok(args)
     }
 }

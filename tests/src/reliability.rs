@@ -85,6 +85,12 @@ pub enum Kind {
         /// The amount added.
         delta: i64,
     },
+    /// `Account::patch` setting the owner to the tag and `balance = balance + delta`, computed by
+    /// the database: checked like `Modify`.
+    Patch {
+        /// The amount added.
+        delta: i64,
+    },
     /// `Account::update_if_version(expected)` to this balance.
     UpdateIfVersion {
         /// The version the write expects to be current.
@@ -114,6 +120,7 @@ impl Kind {
             Kind::Insert { .. } => "insert",
             Kind::Update { .. } => "update",
             Kind::Modify { .. } => "modify",
+            Kind::Patch { .. } => "patch",
             Kind::UpdateIfVersion { .. } => "update_if_version",
             Kind::Delete => "delete",
             Kind::Undelete => "undelete",
@@ -253,6 +260,14 @@ where
                     })
                     .await
                     .map(Versioned::from)
+                }
+                Kind::Patch { delta } => {
+                    use immu_core::sea_query::{Expr, ExprTrait};
+                    Account::patch(db, entity)
+                        .set(Account::OWNER, tag.as_str())
+                        .set(Account::BALANCE, Expr::col(Account::BALANCE).add(delta))
+                        .await
+                        .map(Versioned::from)
                 }
                 Kind::UpdateIfVersion { expected, balance } => {
                     Account::update_if_version(db, entity, expected, Account::new(&tag, balance))
@@ -961,7 +976,7 @@ fn explain_data_row<'a>(
     let expected_balance = match (op.kind, prev) {
         (Kind::Insert { balance }, None) => Some(balance),
         (Kind::Update { balance }, Some(_)) => Some(balance),
-        (Kind::Modify { delta }, Some(prev)) => Some(prev.balance + delta),
+        (Kind::Modify { delta } | Kind::Patch { delta }, Some(prev)) => Some(prev.balance + delta),
         (Kind::UpdateIfVersion { expected, balance }, Some(prev)) => {
             if prev.version != expected {
                 report.mismatched += 1;

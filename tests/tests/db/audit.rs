@@ -25,6 +25,9 @@ immu_tests::tests![
     blank_actors_and_no_op_writes_without_an_actor_are_refused,
     a_version_that_claims_a_revert_must_carry_that_versions_data,
     a_partial_update_statement_returning_two_rows_commits_nothing,
+    a_partial_update_casts_its_values_like_an_update,
+    an_audit_scope_inherits_from_the_scope_it_runs_in,
+    diffs_are_exact,
 ];
 
 /// A table with a column named like PL/pgSQL's `FOUND` (attack round 3, finding 1).
@@ -511,5 +514,75 @@ async fn a_partial_update_statement_returning_two_rows_commits_nothing(db: Db) -
     .unwrap_err();
     assert!(str::contains(&err.to_string(), "more than one row"), "{err}");
     assert_eq!(Account::history(&db.pool, v1.entity_id).await?.len(), 1);
+    Ok(())
+}
+
+async fn a_partial_update_casts_its_values_like_an_update(db: Db) -> TestResult {
+    let v1 = Account::insert(&db.pool, Account::new("ada", 10)).await?;
+    // numeric -> bigint (rounded, as `UPDATE ... SET balance = balance * 1.5` would), int -> text,
+    // and a subquery.
+    let v2 = Account::patch(&db.pool, v1.entity_id)
+        .set(Account::BALANCE, Expr::col(Account::BALANCE).mul(1.5))
+        .await?;
+    assert_eq!(v2.balance, 15);
+    let v3 = Account::patch(&db.pool, v1.entity_id).set(Account::OWNER, 5).await?;
+    assert_eq!(v3.owner, "5");
+    let v4 = Account::patch(&db.pool, v1.entity_id)
+        .set(Account::BALANCE, Expr::cust("(SELECT count(*) FROM accounts_current)"))
+        .await?;
+    assert_eq!(v4.balance, 1);
+    let err = Account::patch(&db.pool, v1.entity_id).set(Account::BALANCE, "abc").await.unwrap_err();
+    assert!(matches!(err, Error::InvalidValue { .. }), "{err:?}");
+    // A statement naming a table it does not select from is not a missing table.
+    let err = Account::query()
+        .filter(immu_tests::models::Customer::NAME.eq("x"))
+        .fetch_all(&db.pool)
+        .await
+        .unwrap_err();
+    assert!(!matches!(err, Error::MissingTable { .. }), "{err:?}");
+    Ok(())
+}
+
+async fn an_audit_scope_inherits_from_the_scope_it_runs_in(db: Db) -> TestResult {
+    let v1 = Account::insert(&db.pool, Account::new("ada", 1)).await?;
+    // Built outside, awaited inside: it inherits the actor of the scope it runs in.
+    let inner = Audit::reason("fee").scope(Account::modify(&db.pool, v1.entity_id, |a| a.balance += 1));
+    let written = Audit::actor("ada").scope(inner).await?;
+    assert_eq!(
+        (written.provenance.actor.as_deref(), written.provenance.reason.as_deref()),
+        (Some("ada"), Some("fee"))
+    );
+    // Several scoped writes joined under one scope.
+    let writes: Vec<_> = (0..3)
+        .map(|i| Audit::reason(format!("item {i}")).scope(Account::insert(&db.pool, Account::new("x", i))))
+        .collect();
+    let all = Audit::actor("bob").scope(futures_util::future::try_join_all(writes)).await?;
+    assert!(all.iter().all(|v| v.provenance.actor.as_deref() == Some("bob")), "{all:?}");
+    Ok(())
+}
+
+async fn diffs_are_exact(db: Db) -> TestResult {
+    sqlx::raw_sql(
+        "ALTER TABLE accounts ADD COLUMN exact numeric; SELECT immu.sync_versioning('accounts'); \
+         GRANT SELECT, INSERT ON accounts TO immu_test_app; GRANT SELECT ON accounts_current TO immu_test_app;",
+    )
+    .execute(&db.owner)
+    .await?;
+    let v1 = Account::insert(&db.pool, Account::new("ada", 1)).await?;
+    for (version, exact) in
+        [(2, "1.00000000000000000001"), (3, "1.00000000000000000002"), (4, "1.0"), (5, "1.00")]
+    {
+        sqlx::query(
+            "INSERT INTO accounts (id, entity_id, version, owner, balance, exact) VALUES (gen_random_uuid(), $1, $2, 'ada', 1, $3::numeric)",
+        )
+        .bind(v1.entity_id)
+        .bind(version)
+        .bind(exact)
+        .execute(&db.pool)
+        .await?;
+    }
+    let history = Account::history_with_diffs(&db.pool, v1.entity_id).await?;
+    let changed: Vec<usize> = history.iter().map(|(_, d)| d.fields.len()).collect();
+    assert_eq!(changed, [2, 1, 1, 1, 1], "each value differs from the one before, to the last digit");
     Ok(())
 }

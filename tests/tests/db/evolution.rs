@@ -567,6 +567,19 @@ async fn a_change_sql_cannot_express_is_upcast_on_read(db: Db) -> TestResult {
     PersonV1::update(&db.pool, ada.entity_id, PersonV1 { name: "Ada Countess".into() }).await?;
     let v5 = Person::find(&db.pool, ada.entity_id).await?;
     assert_eq!((v5.first_name.as_str(), v5.last_name.as_str()), ("Ada", "Countess"));
+    // A partial update of a shape-1 version would change columns that version is not read by:
+    // refused, nothing written; after a modify writes shape 2, it patches.
+    let err = Person::patch(&db.pool, ada.entity_id).set(Person::LAST_NAME, "Lovelace").await.unwrap_err();
+    assert!(matches!(err, immu_core::Error::OlderShape { version: 4, shape: 1, .. }), "{err:?}");
+    assert_eq!(Person::find(&db.pool, ada.entity_id).await?.version, 4);
+    let missing = Person::patch(&db.pool, Uuid::now_v7()).set(Person::LAST_NAME, "x").await.unwrap_err();
+    assert!(missing.is_not_found(), "{missing:?}");
+    Person::modify(&db.pool, ada.entity_id, |_| {}).await?;
+    let patched = Person::patch(&db.pool, ada.entity_id).set(Person::LAST_NAME, "Lovelace").await?;
+    assert_eq!(
+        (patched.first_name.as_str(), patched.last_name.as_str(), patched.version),
+        ("Ada", "Lovelace", 6)
+    );
     let new =
         Person::insert(&db.pool, Person { first_name: "Alan".into(), last_name: "Turing".into() }).await?;
     assert_eq!(Person::find(&db.pool, new.entity_id).await?.data, new.data);

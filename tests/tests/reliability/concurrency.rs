@@ -53,7 +53,8 @@ pub(crate) async fn mixed(env: Env) -> Result<Verdict, BoxError> {
                 }
                 let balance = rng.below(1_000_000) as i64;
                 let kind = match roll {
-                    0..25 => Kind::Modify { delta: 1 + rng.below(9) as i64 },
+                    0..15 => Kind::Modify { delta: 1 + rng.below(9) as i64 },
+                    15..25 => Kind::Patch { delta: 1 + rng.below(9) as i64 },
                     25..45 => Kind::Update { balance },
                     45..77 => Kind::UpdateIfVersion { expected: seen[&entity], balance },
                     77..82 => Kind::Delete,
@@ -104,7 +105,7 @@ pub(crate) async fn mixed(env: Env) -> Result<Verdict, BoxError> {
     Ok(verdict)
 }
 
-/// 32 writers (a pool of 32) on one entity, each doing `modify(+1)` N times.
+/// 32 writers (a pool of 32) on one entity, each doing `modify(+1)` (half of them) or `patch(balance + 1)` N times.
 pub(crate) async fn hot_spot(env: Env) -> Result<Verdict, BoxError> {
     const WRITERS: usize = 32;
     let per_writer = env.scaled(40);
@@ -119,10 +120,10 @@ pub(crate) async fn hot_spot(env: Env) -> Result<Verdict, BoxError> {
         let pool = pool.clone();
         handles.push(tokio::spawn(async move {
             let mut ops: Vec<Op> = Vec::new();
+            // Half the writers read-modify-write, half patch (the database adds one).
+            let kind = if w % 2 == 0 { Kind::Modify { delta: 1 } } else { Kind::Patch { delta: 1 } };
             for i in 0..per_writer {
-                ops.push(
-                    reliability::write(&pool, id, Kind::Modify { delta: 1 }, format!("w{w}-op{i}")).await,
-                );
+                ops.push(reliability::write(&pool, id, kind, format!("w{w}-op{i}")).await);
             }
             ops
         }));
