@@ -110,7 +110,7 @@ pub(crate) async fn hot_spot(env: Env) -> Result<Verdict, BoxError> {
     const WRITERS: usize = 32;
     let per_writer = env.scaled(40);
     let mut verdict = Verdict::new(&format!(
-        "{WRITERS} writers x {per_writer} modify(+1) on one entity: final balance = acks, versions 1..n"
+        "{WRITERS} writers x {per_writer} modify(+1) or patch(balance + 1) on one entity: final balance = acks, versions 1..n"
     ));
     let mut history = History::new();
     let id = history.push(reliability::insert(&env.pool, "hot", 0).await).ok_or("insert failed")?.entity_id;
