@@ -200,6 +200,8 @@ pub fn create_table_for(table: &TableDef) -> Result<String> {
     let type_width =
         table.columns.iter().filter(|c| !c.nullable).map(|c| c.sql_type.len()).max().unwrap_or(0);
     let mut lines = Vec::new();
+    // References to the table itself (a tree): its projection exists once add_versioning ran.
+    let mut later = String::new();
     for column in table.columns {
         let name = quote(column.name);
         let mut line = if column.nullable {
@@ -209,11 +211,15 @@ pub fn create_table_for(table: &TableDef) -> Result<String> {
         };
         if let Some(target) = column.references {
             validate_identifier(target)?;
-            line = format!(
-                "{} REFERENCES {} (\"entity_id\")",
-                line.trim_end(),
-                quote(&crate::sql::current_table_name(target))
-            );
+            let projection = quote(&crate::sql::current_table_name(target));
+            if target == table.name {
+                later.push_str(&format!(
+                    "ALTER TABLE {} ADD FOREIGN KEY ({name}) REFERENCES {projection} (\"entity_id\");\n",
+                    quote(table.name)
+                ));
+            } else {
+                line = format!("{} REFERENCES {projection} (\"entity_id\")", line.trim_end());
+            }
         }
         lines.push(line.trim_end().to_owned());
     }
@@ -224,7 +230,7 @@ pub fn create_table_for(table: &TableDef) -> Result<String> {
          CREATE TABLE {history} ({body});\n\
          -- immu's columns (id, entity_id, version, valid_from, deleted_at, immu_shape), the projection\n\
          -- {projection} and the machinery that keeps both append-only and in step.\n\
-         SELECT immu.add_versioning({literal});\n",
+         SELECT immu.add_versioning({literal});\n{later}",
         rust = table.rust_name,
         projection = quote(&crate::sql::current_table_name(table.name)),
         literal = literal(&history),

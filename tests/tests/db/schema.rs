@@ -10,7 +10,17 @@ immu_tests::tests![
     generated_ddl_creates_a_working_table,
     invalid_identifiers_are_refused_at_runtime,
     immu_migrations_are_tracked_apart_and_rerunnable,
+    a_table_referencing_itself_is_created_by_its_generated_ddl,
 ];
+
+/// A tree: each node references its parent, an entity of the same table.
+#[derive(Debug, Clone, PartialEq, immu_core::Immutable)]
+#[immu(table = "nodes")]
+struct Node {
+    name: String,
+    #[immu(references = Self)]
+    parent_id: Option<uuid::Uuid>,
+}
 
 /// Checks that the migration file under `dir` whose name ends with `_<suffix>.sql` holds exactly
 /// `ddl`. With `IMMU_BLESS=1` in the environment, writes `ddl` into it instead.
@@ -139,5 +149,25 @@ async fn immu_migrations_are_tracked_apart_and_rerunnable(db: Db) -> TestResult 
     // Both migrators can run again: nothing to do, no "missing migration" error.
     immu_core::MIGRATOR.run(&db.owner).await?;
     immu_tests::MIGRATOR.run(&db.owner).await?;
+    Ok(())
+}
+
+async fn a_table_referencing_itself_is_created_by_its_generated_ddl(db: Db) -> TestResult {
+    use immu_core::Immutable;
+    let ddl = create_table::<Node>()?;
+    assert!(ddl.ends_with(
+        "SELECT immu.add_versioning('\"nodes\"');\nALTER TABLE \"nodes\" ADD FOREIGN KEY (\"parent_id\") REFERENCES \"nodes_current\" (\"entity_id\");\n"
+    ), "{ddl}");
+    let mut owner = db.connect_owner().await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl)).execute(&mut owner).await?;
+    immu_tests::harness::grant_application_role(&mut owner, immu_tests::harness::APP_ROLE).await?;
+    immu_core::schema::check::<Node>(&db.pool).await?;
+    let root = Node::insert(&db.pool, Node { name: "root".into(), parent_id: None }).await?;
+    let leaf = Node::insert(&db.pool, Node { name: "leaf".into(), parent_id: Some(root.entity_id) }).await?;
+    assert_eq!(Node::find(&db.pool, leaf.entity_id).await?.parent_id, Some(root.entity_id));
+    let err = Node::insert(&db.pool, Node { name: "orphan".into(), parent_id: Some(uuid::Uuid::now_v7()) })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::UnknownReference { .. }), "{err:?}");
     Ok(())
 }
