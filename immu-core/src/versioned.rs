@@ -14,8 +14,9 @@ use crate::{Immutable, Provenance, Result};
 /// One version of an entity: the version metadata plus the entity's own data.
 ///
 /// Derefs to the data, so `account.balance` reads the field of the stored `Account`.
-/// Serializes flat: `{"id": ..., "entity_id": ..., "version": 2, "valid_from": ...,
-/// "deleted_at": null, "owner": ..., "balance": ...}`.
+/// Serializes flat, with the provenance as an object: `{"id": ..., "entity_id": ..., "version": 2,
+/// "valid_from": ..., "deleted_at": null, "provenance": {"actor": "ada", ...}, "owner": ...,
+/// "balance": ...}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Versioned<T> {
     /// Unique identifier of this version row (a UUIDv7).
