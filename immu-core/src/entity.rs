@@ -374,6 +374,23 @@ pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
         read::version(db, entity_id, version)
     }
 
+    /// A change feed of this entity's table: every version appended, once, in commit order, from
+    /// a [`Cursor`](crate::Cursor) the consumer stores with its effects (see [`feed`](crate::feed)).
+    /// Starts at [`Cursor::beginning`](crate::Cursor::beginning) unless
+    /// [`from`](crate::Feed::from) says otherwise.
+    ///
+    /// ```no_run
+    /// # use immu_core::{Cursor, Immutable};
+    /// # #[derive(Immutable)] #[immu(table = "accounts")] struct Account { owner: String, balance: i64 }
+    /// # async fn demo(pool: sqlx::PgPool, stored: String) -> immu_core::Result<()> {
+    /// let mut feed = Account::feed(&pool).from(stored.parse::<Cursor>()?);
+    /// let batch = feed.next_batch().await?;
+    /// # Ok(()) }
+    /// ```
+    fn feed(pool: &sqlx::PgPool) -> crate::Feed<Self> {
+        crate::Feed::new(pool)
+    }
+
     /// A list query over this entity: current versions unless told otherwise (see [`Query`]).
     ///
     /// ```no_run

@@ -322,6 +322,11 @@ pub enum Error {
         shape: i32,
     },
 
+    /// A change feed refused a cursor or a server ([`FeedError`](crate::feed::FeedError)):
+    /// a cursor text that does not parse, a cursor from another server, a standby.
+    #[error(transparent)]
+    Feed(#[from] crate::feed::FeedError),
+
     /// Any other database or driver error.
     #[error(transparent)]
     Database(sqlx::Error),
@@ -603,6 +608,7 @@ mod tests {
             Error::PermissionDenied { message: "permission denied".into() },
             Error::ActorRequired { table: "t".into(), message: "no actor".into() },
             Error::OlderShape { table: "t", entity_id: id, version: 1, shape: 1 },
+            Error::Feed(crate::feed::FeedError::Standby),
             Error::Database(sqlx::Error::PoolTimedOut),
             Error::Database(sqlx::Error::PoolClosed),
             Error::Database(sqlx::Error::RowNotFound),
@@ -638,7 +644,8 @@ mod tests {
                 | Error::MachineryMismatch { .. }
                 | Error::PermissionDenied { .. }
                 | Error::ActorRequired { .. }
-                | Error::OlderShape { .. } => false,
+                | Error::OlderShape { .. }
+                | Error::Feed(_) => false,
             };
             assert_eq!(err.is_retryable(), expected, "{err:?}");
         }

@@ -171,6 +171,8 @@
 //! * what interrupted it: [`LockTimeout`](Error::LockTimeout), [`Canceled`](Error::Canceled),
 //!   [`SerializationFailure`](Error::SerializationFailure) (every SQLSTATE 40001 and 40P01, on
 //!   reads and writes alike), [`OutcomeUnknown`](Error::OutcomeUnknown);
+//! * what a change feed refuses: [`Feed`](Error::Feed) (a cursor that does not parse, or comes
+//!   from another server; see [`feed`]);
 //! * anything else: [`Database`](Error::Database) (sqlx's error: the pool, the connection, the
 //!   driver, or a database error immu has no variant for).
 //!
@@ -185,6 +187,7 @@ mod column;
 mod diff;
 mod entity;
 mod error;
+pub mod feed;
 mod lock;
 mod query;
 mod read;
@@ -201,6 +204,7 @@ pub use diff::{Change, Diff, FieldChange};
 #[doc(hidden)]
 pub use entity::RowLayout;
 pub use entity::{ColumnDef, Immutable, RESERVED_COLUMNS, TableDef};
+pub use feed::{Cursor, Feed};
 pub use error::{
     ACTOR_REQUIRED_SQLSTATE, APPEND_ONLY_SQLSTATE, Error, INVALID_HISTORY_SQLSTATE, OptionalExt, Result,
     SCHEMA_DRIFT_SQLSTATE, UNSAFE_SETUP_SQLSTATE,
