@@ -11,6 +11,7 @@ mod concurrency;
 mod demo;
 mod drift;
 mod evolution;
+mod feed;
 mod import;
 mod joins;
 mod queries;
@@ -41,6 +42,7 @@ fn main() -> std::process::ExitCode {
             import::tests(),
             sqlx_cli::tests(),
             audit::tests(),
+            feed::tests(),
         ]
         .into_iter()
         .flatten()
