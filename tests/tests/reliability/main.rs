@@ -12,6 +12,7 @@ mod commit;
 mod concurrency;
 mod crash;
 mod faults;
+mod feed;
 mod input;
 mod refusals;
 mod transactions;
@@ -71,6 +72,8 @@ pub(crate) struct Verdict {
     pub(crate) failures: Vec<String>,
     /// Why the scenario did not run.
     pub(crate) skipped: Option<String>,
+    /// Versions delivered by change feeds (the feed scenario).
+    pub(crate) delivered: usize,
 }
 
 impl Verdict {
@@ -133,6 +136,7 @@ fn main() -> ExitCode {
         "bad-input" => input::bad_input,
         "cancelled-writes" => faults::cancelled_writes,
         "commit-time-cancels" => commit::commit_time_cancels,
+        "feed" => feed::feed_under_faults,
     ];
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let scenarios: Vec<Scenario> = scenarios
@@ -164,7 +168,7 @@ fn main() -> ExitCode {
 
     let admin: Result<PgConnectOptions, _> = server.url().parse();
     let mut total = Report::default();
-    let (mut failed, mut ran, mut skipped) = (0, 0, 0);
+    let (mut failed, mut ran, mut skipped, mut delivered) = (0, 0, 0, 0);
     match admin {
         Err(err) => {
             eprintln!("reliability: error: bad server URL: {err}");
@@ -191,6 +195,7 @@ fn main() -> ExitCode {
                 if let Some(report) = &verdict.report {
                     total.add(report);
                 }
+                delivered += verdict.delivered;
                 print_verdict(i + 1, count, scenario.name, &verdict, elapsed);
             }
         }
@@ -199,7 +204,8 @@ fn main() -> ExitCode {
 
     println!(
         "reliability: {ran} scenarios{}, {} acknowledged writes, {} lost, {} duplicate versions, {} gaps, \
-         {} phantom, {} state violations, {} time reversals, {} wrong provenance; {} in {:.1}s",
+         {} phantom, {} state violations, {} time reversals, {} wrong provenance, {delivered} versions delivered by feeds; \
+         {} in {:.1}s",
         if skipped > 0 { format!(" ({skipped} skipped)") } else { String::new() },
         total.acknowledged,
         total.lost,
