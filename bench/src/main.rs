@@ -16,6 +16,7 @@
 //! (the checks before measuring), an operation fails, or the hot entity's final value is not exact.
 
 mod data;
+mod feed;
 mod report;
 mod run;
 mod scenarios;
@@ -265,6 +266,8 @@ async fn bench(config: &Config, server: &TestDatabase) -> Result<(), BoxError> {
             hot.library_ops, hot.plain_ops
         ));
     }
+    let feed = feed::latency(&setup, &ctx, config).await?;
+    eprintln!("{}", feed.line());
     let report = Report {
         config,
         setup: &setup,
@@ -274,6 +277,7 @@ async fn bench(config: &Config, server: &TestDatabase) -> Result<(), BoxError> {
         plans: &plans,
         results: &results,
         hot: &hot,
+        feed: &feed,
         started,
         seconds: clock.elapsed().as_secs_f64(),
     };

@@ -72,6 +72,8 @@ pub(crate) struct Report<'a> {
     pub(crate) results: &'a [(Scenario, Outcome)],
     /// The hot entity's final values.
     pub(crate) hot: &'a Hot,
+    /// The change feed's commit-to-delivery latency.
+    pub(crate) feed: &'a crate::feed::FeedLatency,
     /// When the run started.
     pub(crate) started: DateTime<Utc>,
     /// How long it took.
@@ -178,6 +180,7 @@ impl Report<'_> {
         self.details(out)?;
         self.storage_section(out)?;
         self.memory_section(out)?;
+        self.feed.section(out)?;
         writeln!(out, "### Checks before measuring")?;
         writeln!(out)?;
         for check in self.checks {

@@ -125,9 +125,7 @@ use sqlx::{Arguments, Executor, PgPool, Postgres, Row};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::sql::{
-    DELETED_AT, ENTITY_ID, REVERT_OF, VALID_FROM, VERSION, all_columns, quote,
-};
+use crate::sql::{DELETED_AT, ENTITY_ID, REVERT_OF, VALID_FROM, VERSION, all_columns, quote};
 use crate::{Error, Immutable, Result, TableDef, Versioned};
 
 /// The column recording the top-level transaction that inserted a version (machinery release 4).
@@ -190,7 +188,8 @@ impl XactSnapshot {
     /// Parses `xmin:xmax:xip1,xip2,...` (`pg_snapshot`'s text form).
     fn parse(text: &str) -> std::result::Result<XactSnapshot, &'static str> {
         let mut parts = text.split(':');
-        let (Some(xmin), Some(xmax), Some(xip), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(xmin), Some(xmax), Some(xip), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err("a snapshot is xmin:xmax:xip");
         };
@@ -300,10 +299,11 @@ impl Cursor {
         E: Executor<'e, Database = Postgres> + 'e,
     {
         async move {
-            let (text, standby): (String, bool) =
-                sqlx::query_as("SELECT pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_is_in_recovery()")
-                    .fetch_one(db)
-                    .await?;
+            let (text, standby): (String, bool) = sqlx::query_as(
+                "SELECT pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_is_in_recovery()",
+            )
+            .fetch_one(db)
+            .await?;
             if standby {
                 return Err(FeedError::Standby.into());
             }
@@ -377,7 +377,11 @@ impl FromStr for Cursor {
                     .ok()
                     .and_then(DateTime::<Utc>::from_timestamp_micros)
                     .ok_or_else(|| fail("valid_from is microseconds since 1970"))?;
-                let version = version.parse().ok().filter(|v| *v >= 1).ok_or_else(|| fail("the version is a positive number"))?;
+                let version = version
+                    .parse()
+                    .ok()
+                    .filter(|v| *v >= 1)
+                    .ok_or_else(|| fail("the version is a positive number"))?;
                 Some(Within { upto, entity_id, valid_from, version })
             }
             _ => return Err(fail("a cursor has 2 or 6 parts separated by /")),
@@ -731,10 +735,12 @@ fn page(
         (h(XID), h(ENTITY_ID), h(VALID_FROM), h(VERSION), h(DELETED_AT));
     let mut args = PgArguments::default();
     let mut n = 0;
-    let mut bind = |args: &mut PgArguments, add: &dyn Fn(&mut PgArguments) -> std::result::Result<(), sqlx::error::BoxDynError>| {
-        n += 1;
-        add(args).map(|()| format!("${n}")).map_err(|e| Error::Database(sqlx::Error::Encode(e)))
-    };
+    let mut bind =
+        |args: &mut PgArguments,
+         add: &dyn Fn(&mut PgArguments) -> std::result::Result<(), sqlx::error::BoxDynError>| {
+            n += 1;
+            add(args).map(|()| format!("${n}")).map_err(|e| Error::Database(sqlx::Error::Encode(e)))
+        };
     let mut conditions = Vec::new();
     let visible_in_upto = {
         let xmax = bind(&mut args, &|a| a.add(upto.xmax))?;
@@ -876,9 +882,15 @@ mod tests {
             ("v1/10:20:25", "a snapshot's running transactions are between its xmin and xmax"),
             ("v1/10:20:15,12", "a snapshot's running transactions are listed in increasing order"),
             ("v1/10:20:/x", "a cursor has 2 or 6 parts separated by /"),
-            ("v1/10:20:/5:8:/0190f0b8-0000-7000-8000-000000000000/0/1", "an interval ends at a snapshot no earlier than its start"),
+            (
+                "v1/10:20:/5:8:/0190f0b8-0000-7000-8000-000000000000/0/1",
+                "an interval ends at a snapshot no earlier than its start",
+            ),
             ("v1/10:20:/10:30:/nope/0/1", "the entity id is a UUID"),
-            ("v1/10:20:/10:30:/0190f0b8-0000-7000-8000-000000000000/x/1", "valid_from is microseconds since 1970"),
+            (
+                "v1/10:20:/10:30:/0190f0b8-0000-7000-8000-000000000000/x/1",
+                "valid_from is microseconds since 1970",
+            ),
             ("v1/10:20:/10:30:/0190f0b8-0000-7000-8000-000000000000/0/0", "the version is a positive number"),
         ] {
             match text.parse::<Cursor>() {
@@ -901,8 +913,18 @@ mod tests {
         let (sql, _) = page(&ACCOUNTS, Some(&after), &upto, key, 10).unwrap();
         assert!(sql.contains(r#""immu_h"."immu_xid" >= $3 AND ("immu_h"."immu_xid" >= $4 OR "immu_h"."immu_xid" = ANY ($5))"#), "{sql}");
         assert!(sql.contains(r#"("immu_h"."immu_xid" < $1 AND "immu_h"."immu_xid" <> ALL ($2))"#), "{sql}");
-        assert!(sql.contains(r#"("immu_h"."entity_id", "immu_h"."valid_from", "immu_h"."version") > ($6, $7, $8)"#), "{sql}");
-        assert!(sql.ends_with(r#"ORDER BY "immu_h"."entity_id", "immu_h"."valid_from", "immu_h"."version" LIMIT $9"#), "{sql}");
+        assert!(
+            sql.contains(
+                r#"("immu_h"."entity_id", "immu_h"."valid_from", "immu_h"."version") > ($6, $7, $8)"#
+            ),
+            "{sql}"
+        );
+        assert!(
+            sql.ends_with(
+                r#"ORDER BY "immu_h"."entity_id", "immu_h"."valid_from", "immu_h"."version" LIMIT $9"#
+            ),
+            "{sql}"
+        );
         let (sql, _) = page(&ACCOUNTS, None, &upto, None, 10).unwrap();
         assert!(sql.contains(r#"WHERE ("immu_h"."immu_xid" IS NULL OR ("immu_h"."immu_xid" < $1 AND "immu_h"."immu_xid" <> ALL ($2))) ORDER BY"#), "{sql}");
     }

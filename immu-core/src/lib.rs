@@ -204,11 +204,11 @@ pub use diff::{Change, Diff, FieldChange};
 #[doc(hidden)]
 pub use entity::RowLayout;
 pub use entity::{ColumnDef, Immutable, RESERVED_COLUMNS, TableDef};
-pub use feed::{Cursor, Feed};
 pub use error::{
     ACTOR_REQUIRED_SQLSTATE, APPEND_ONLY_SQLSTATE, Error, INVALID_HISTORY_SQLSTATE, OptionalExt, Result,
     SCHEMA_DRIFT_SQLSTATE, UNSAFE_SETUP_SQLSTATE,
 };
+pub use feed::{Cursor, Feed};
 pub use lock::lock_key;
 pub use query::{Join, LeftJoin, Query, Resolution};
 pub use schema::ColumnType;

@@ -42,7 +42,8 @@ async fn drain(feed: &mut Feed<Account>) -> Result<Vec<Change<Account>>, Error> 
 
 /// Every stored version of `accounts`: (entity, version).
 async fn stored(pool: &PgPool) -> sqlx::Result<BTreeSet<(Uuid, i64)>> {
-    let rows: Vec<(Uuid, i64)> = sqlx::query_as("SELECT entity_id, version FROM accounts").fetch_all(pool).await?;
+    let rows: Vec<(Uuid, i64)> =
+        sqlx::query_as("SELECT entity_id, version FROM accounts").fetch_all(pool).await?;
     Ok(rows.into_iter().collect())
 }
 
@@ -52,7 +53,12 @@ fn delivered(changes: &[Change<Account>]) -> BTreeSet<(Uuid, i64)> {
     let mut last: BTreeMap<Uuid, i64> = BTreeMap::new();
     let mut set = BTreeSet::new();
     for c in changes {
-        assert!(set.insert((c.entity_id, c.version.version)), "delivered twice: {} v{}", c.entity_id, c.version.version);
+        assert!(
+            set.insert((c.entity_id, c.version.version)),
+            "delivered twice: {} v{}",
+            c.entity_id,
+            c.version.version
+        );
         let before = last.insert(c.entity_id, c.version.version).unwrap_or(0);
         assert!(before < c.version.version, "{}: v{} after v{before}", c.entity_id, c.version.version);
     }
@@ -109,10 +115,11 @@ async fn apply(pool: &PgPool, consumer: &str, changes: &[Change<Account>]) -> Te
 
 /// The consumer's effects: (entity, version).
 async fn effects(pool: &PgPool, consumer: &str) -> sqlx::Result<BTreeSet<(Uuid, i64)>> {
-    let rows: Vec<(Uuid, i64)> = sqlx::query_as("SELECT entity_id, version FROM feed_effects WHERE consumer = $1")
-        .bind(consumer)
-        .fetch_all(pool)
-        .await?;
+    let rows: Vec<(Uuid, i64)> =
+        sqlx::query_as("SELECT entity_id, version FROM feed_effects WHERE consumer = $1")
+            .bind(consumer)
+            .fetch_all(pool)
+            .await?;
     Ok(rows.into_iter().collect())
 }
 
@@ -191,11 +198,16 @@ async fn every_cursor_resumes_right_after_its_change(db: Db) -> TestResult {
         assert_eq!(serde_json::from_str::<Cursor>(&json)?, cursor);
         for size in [1, 2, 1000] {
             let rest = drain(&mut Account::feed(&db.pool).from(cursor.clone()).batch_size(size)).await?;
-            let expected: Vec<(Uuid, i64)> = all[i + 1..].iter().map(|c| (c.entity_id, c.version.version)).collect();
+            let expected: Vec<(Uuid, i64)> =
+                all[i + 1..].iter().map(|c| (c.entity_id, c.version.version)).collect();
             let got: Vec<(Uuid, i64)> = rest.iter().map(|c| (c.entity_id, c.version.version)).collect();
             // The same versions; the order of different entities may differ only where the
             // resumed read splits intervals differently, so compare per entity.
-            assert_eq!(got.iter().collect::<BTreeSet<_>>(), expected.iter().collect::<BTreeSet<_>>(), "after {text}");
+            assert_eq!(
+                got.iter().collect::<BTreeSet<_>>(),
+                expected.iter().collect::<BTreeSet<_>>(),
+                "after {text}"
+            );
             delivered(&rest);
         }
     }
@@ -329,9 +341,10 @@ async fn concurrent_writers_and_a_consumer_storing_its_cursor_with_its_effects(d
                 let batch = feed.next_batch().await?;
                 apply(&pool, "live", &batch.changes).await.map_err(|e| e.to_string())?;
                 all.extend(batch);
-                let done: bool = sqlx::query_scalar("SELECT EXISTS (SELECT FROM accounts WHERE owner = 'done')")
-                    .fetch_one(&pool)
-                    .await?;
+                let done: bool =
+                    sqlx::query_scalar("SELECT EXISTS (SELECT FROM accounts WHERE owner = 'done')")
+                        .fetch_one(&pool)
+                        .await?;
                 if done && all.iter().any(|c| c.owner == "done") {
                     return Ok::<_, Box<dyn std::error::Error + Send + Sync>>(all);
                 }
@@ -438,10 +451,12 @@ async fn versions_written_before_release_4_are_delivered_from_the_beginning(db: 
     sqlx::raw_sql(sqlx::AssertSqlSafe(dump)).execute(&mut restore).await?;
     restore.close().await?;
     immu_core::MIGRATOR.run(&pool).await?;
-    let old: i64 = sqlx::query_scalar("SELECT count(*) FROM customers WHERE immu_xid IS NULL").fetch_one(&pool).await?;
+    let old: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM customers WHERE immu_xid IS NULL").fetch_one(&pool).await?;
     assert!(old > 0, "the fixture's versions have no immu_xid");
     let now = Cursor::now(&pool).await?;
-    let new = Customer::insert(&pool, Customer { name: "after the upgrade".into(), city: "Lyon".into() }).await?;
+    let new =
+        Customer::insert(&pool, Customer { name: "after the upgrade".into(), city: "Lyon".into() }).await?;
 
     let mut feed = Customer::feed(&pool).batch_size(5);
     let mut all = Vec::new();

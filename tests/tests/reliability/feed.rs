@@ -92,7 +92,8 @@ async fn run(pg: &Arc<TempPostgres>, scale: u32, verdict: &mut Verdict) -> Resul
     let mut consumers = Vec::new();
     for c in 0..CONSUMERS {
         let pool = pool(&options, "feed-consumer", 4).await?;
-        let (mut done, duplicates, restarts) = (stop_at.1.clone(), Arc::clone(&duplicates), Arc::clone(&restarts));
+        let (mut done, duplicates, restarts) =
+            (stop_at.1.clone(), Arc::clone(&duplicates), Arc::clone(&restarts));
         consumers.push(tokio::spawn(async move {
             let consumer = c as i32;
             loop {
@@ -193,7 +194,8 @@ async fn run(pg: &Arc<TempPostgres>, scale: u32, verdict: &mut Verdict) -> Resul
     }
     let marker = marker.ok_or("the marker could not be written")?;
     stop_at.0.send_replace(Some(marker));
-    let waited = tokio::time::timeout(Duration::from_secs(60), futures_util::future::join_all(consumers)).await;
+    let waited =
+        tokio::time::timeout(Duration::from_secs(60), futures_util::future::join_all(consumers)).await;
     if waited.is_err() {
         verdict.fail("the consumers did not reach the marker within 60 s");
     }
@@ -233,11 +235,8 @@ async fn run(pg: &Arc<TempPostgres>, scale: u32, verdict: &mut Verdict) -> Resul
     }
     let duplicates = duplicates.load(Ordering::Relaxed);
     verdict.expect(duplicates == 0, || format!("{duplicates} versions delivered twice"));
-    let acknowledged: BTreeSet<(Uuid, i64)> = history
-        .ops
-        .iter()
-        .filter_map(|op| op.outcome.version().map(|v| (v.entity_id, v.version)))
-        .collect();
+    let acknowledged: BTreeSet<(Uuid, i64)> =
+        history.ops.iter().filter_map(|op| op.outcome.version().map(|v| (v.entity_id, v.version))).collect();
     verdict.delivered = delivered;
     verdict.count(format!(
         "{delivered} versions delivered ({} stored x {CONSUMERS} consumers, {} acknowledged), {} sessions killed, \
