@@ -322,6 +322,22 @@ pub enum Error {
         shape: i32,
     },
 
+    /// A [digest](crate::ledger::Digest) that cannot be checked: not a digest's text, of another
+    /// table, or of a hash encoding this immu_core does not know.
+    #[error("invalid digest: {reason}")]
+    InvalidDigest {
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Text that is not a PostgreSQL snapshot (`xmin:xmax:xip,...`, see
+    /// [`PgSnapshot`](crate::PgSnapshot)).
+    #[error("not a PostgreSQL snapshot (xmin:xmax:xip,...): {text:?}")]
+    InvalidSnapshot {
+        /// The text.
+        text: String,
+    },
+
     /// Any other database or driver error.
     #[error(transparent)]
     Database(sqlx::Error),
@@ -603,6 +619,8 @@ mod tests {
             Error::PermissionDenied { message: "permission denied".into() },
             Error::ActorRequired { table: "t".into(), message: "no actor".into() },
             Error::OlderShape { table: "t", entity_id: id, version: 1, shape: 1 },
+            Error::InvalidDigest { reason: "not JSON".into() },
+            Error::InvalidSnapshot { text: "x".into() },
             Error::Database(sqlx::Error::PoolTimedOut),
             Error::Database(sqlx::Error::PoolClosed),
             Error::Database(sqlx::Error::RowNotFound),
@@ -638,7 +656,9 @@ mod tests {
                 | Error::MachineryMismatch { .. }
                 | Error::PermissionDenied { .. }
                 | Error::ActorRequired { .. }
-                | Error::OlderShape { .. } => false,
+                | Error::OlderShape { .. }
+                | Error::InvalidDigest { .. }
+                | Error::InvalidSnapshot { .. } => false,
             };
             assert_eq!(err.is_retryable(), expected, "{err:?}");
         }

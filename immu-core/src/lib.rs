@@ -168,6 +168,8 @@
 //!   [`UnknownColumn`](Error::UnknownColumn), [`SchemaDrift`](Error::SchemaDrift),
 //!   [`UnsafeSetup`](Error::UnsafeSetup), [`MachineryMismatch`](Error::MachineryMismatch),
 //!   [`InvalidIdentifier`](Error::InvalidIdentifier);
+//! * what tamper evidence refuses: [`InvalidDigest`](Error::InvalidDigest) (a digest that cannot
+//!   be checked), [`InvalidSnapshot`](Error::InvalidSnapshot) (text that is no snapshot);
 //! * what interrupted it: [`LockTimeout`](Error::LockTimeout), [`Canceled`](Error::Canceled),
 //!   [`SerializationFailure`](Error::SerializationFailure) (every SQLSTATE 40001 and 40P01, on
 //!   reads and writes alike), [`OutcomeUnknown`](Error::OutcomeUnknown);
@@ -185,7 +187,9 @@ mod column;
 mod diff;
 mod entity;
 mod error;
+pub mod ledger;
 mod lock;
+mod pg_snapshot;
 mod query;
 mod read;
 mod resolve;
@@ -206,6 +210,7 @@ pub use error::{
     SCHEMA_DRIFT_SQLSTATE, UNSAFE_SETUP_SQLSTATE,
 };
 pub use lock::lock_key;
+pub use pg_snapshot::PgSnapshot;
 pub use query::{Join, LeftJoin, Query, Resolution};
 pub use schema::ColumnType;
 pub use snapshot::Snapshot;

@@ -13,6 +13,7 @@ mod drift;
 mod evolution;
 mod import;
 mod joins;
+mod ledger;
 mod queries;
 mod raw_sql;
 mod reads;
@@ -41,6 +42,7 @@ fn main() -> std::process::ExitCode {
             import::tests(),
             sqlx_cli::tests(),
             audit::tests(),
+            ledger::tests(),
         ]
         .into_iter()
         .flatten()
