@@ -519,4 +519,24 @@ pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
     {
         crate::diff::between::<Self, E>(db, entity_id, from, to)
     }
+    /// A [digest](crate::ledger::Digest) of the table: which versions exist now, exactly, and the
+    /// hash of every entity's chain head. Store it outside the database; verify it later with
+    /// [`verify`](Self::verify)`.against(&digest)`. See [`ledger`](crate::ledger).
+    fn digest<'c, A>(db: A) -> impl Future<Output = Result<crate::ledger::Digest>> + Send + 'c
+    where
+        A: Acquire<'c, Database = Postgres> + Send + 'c,
+    {
+        crate::ledger::digest_table(db, Self::TABLE.name)
+    }
+
+    /// Verification of the table's hash chains (and, with
+    /// [`against`](crate::ledger::Verify::against), of a digest taken earlier): `.await` it for a
+    /// [`Report`](crate::ledger::Report) of every entity whose chain breaks. See
+    /// [`ledger`](crate::ledger).
+    fn verify<'c, A>(db: A) -> crate::ledger::Verify<'c, A>
+    where
+        A: Acquire<'c, Database = Postgres> + Send + 'c,
+    {
+        crate::ledger::verify_table(db, Self::TABLE.name)
+    }
 }

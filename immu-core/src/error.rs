@@ -327,6 +327,22 @@ pub enum Error {
     #[error(transparent)]
     Feed(#[from] crate::feed::FeedError),
 
+    /// A [digest](crate::ledger::Digest) that cannot be checked: not a digest's text, of another
+    /// table, or of a hash encoding this immu_core does not know.
+    #[error("invalid digest: {reason}")]
+    InvalidDigest {
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Text that is not a PostgreSQL snapshot (`xmin:xmax:xip,...`, see
+    /// [`PgSnapshot`](crate::PgSnapshot)).
+    #[error("not a PostgreSQL snapshot (xmin:xmax:xip,...): {text:?}")]
+    InvalidSnapshot {
+        /// The text.
+        text: String,
+    },
+
     /// Any other database or driver error.
     #[error(transparent)]
     Database(sqlx::Error),
@@ -609,6 +625,8 @@ mod tests {
             Error::ActorRequired { table: "t".into(), message: "no actor".into() },
             Error::OlderShape { table: "t", entity_id: id, version: 1, shape: 1 },
             Error::Feed(crate::feed::FeedError::Standby),
+            Error::InvalidDigest { reason: "not JSON".into() },
+            Error::InvalidSnapshot { text: "x".into() },
             Error::Database(sqlx::Error::PoolTimedOut),
             Error::Database(sqlx::Error::PoolClosed),
             Error::Database(sqlx::Error::RowNotFound),
@@ -645,7 +663,9 @@ mod tests {
                 | Error::PermissionDenied { .. }
                 | Error::ActorRequired { .. }
                 | Error::OlderShape { .. }
-                | Error::Feed(_) => false,
+                | Error::Feed(_)
+                | Error::InvalidDigest { .. }
+                | Error::InvalidSnapshot { .. } => false,
             };
             assert_eq!(err.is_retryable(), expected, "{err:?}");
         }

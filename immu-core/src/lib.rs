@@ -168,6 +168,8 @@
 //!   [`UnknownColumn`](Error::UnknownColumn), [`SchemaDrift`](Error::SchemaDrift),
 //!   [`UnsafeSetup`](Error::UnsafeSetup), [`MachineryMismatch`](Error::MachineryMismatch),
 //!   [`InvalidIdentifier`](Error::InvalidIdentifier);
+//! * what tamper evidence refuses: [`InvalidDigest`](Error::InvalidDigest) (a digest that cannot
+//!   be checked), [`InvalidSnapshot`](Error::InvalidSnapshot) (text that is no snapshot);
 //! * what interrupted it: [`LockTimeout`](Error::LockTimeout), [`Canceled`](Error::Canceled),
 //!   [`SerializationFailure`](Error::SerializationFailure) (every SQLSTATE 40001 and 40P01, on
 //!   reads and writes alike), [`OutcomeUnknown`](Error::OutcomeUnknown);
@@ -188,7 +190,9 @@ mod diff;
 mod entity;
 mod error;
 pub mod feed;
+pub mod ledger;
 mod lock;
+mod pg_snapshot;
 mod query;
 mod read;
 mod resolve;
@@ -210,6 +214,7 @@ pub use error::{
 };
 pub use feed::{Cursor, Feed};
 pub use lock::lock_key;
+pub use pg_snapshot::PgSnapshot;
 pub use query::{Join, LeftJoin, Query, Resolution};
 pub use schema::ColumnType;
 pub use snapshot::Snapshot;

@@ -62,7 +62,7 @@ use crate::{Error, Immutable, Result, TableDef};
 /// versioned table) this version of immu_core calls. immu's own migrations
 /// ([`MIGRATOR`](crate::MIGRATOR)) bring every table's machinery to it; [`check`] reports a table
 /// whose machinery is of another release.
-pub const MACHINERY_RELEASE: i32 = 3;
+pub const MACHINERY_RELEASE: i32 = 4;
 
 /// The prefix of the column names immu reserves for columns of its own (`immu_shape`, and those
 /// of later releases): an entity's own columns may not start with it.

@@ -92,7 +92,11 @@ async fn generated_ddl_creates_a_working_table(db: Db) -> TestResult {
         sqlx::query_scalar("SELECT indexname::text FROM pg_indexes WHERE tablename = 'gadgets' ORDER BY 1")
             .fetch_all(&db.owner)
             .await?;
-    assert_eq!(indexes, ["gadgets_pkey"], "the primary key is the only index of the history");
+    assert_eq!(
+        indexes,
+        ["gadgets_immu_xid", "gadgets_pkey"],
+        "the history's indexes: its primary key, and the change feed's BRIN index by transaction"
+    );
     let indexes: Vec<String> = sqlx::query_scalar(
         "SELECT indexname::text FROM pg_indexes WHERE tablename = 'gadgets_current' ORDER BY 1",
     )
