@@ -199,7 +199,7 @@ fn main() -> ExitCode {
 
     println!(
         "reliability: {ran} scenarios{}, {} acknowledged writes, {} lost, {} duplicate versions, {} gaps, \
-         {} phantom, {} state violations, {} time reversals, {} wrong provenance; {} in {:.1}s",
+         {} phantom, {} state violations, {} time reversals, {} wrong provenance, {} tamper alarms; {} in {:.1}s",
         if skipped > 0 { format!(" ({skipped} skipped)") } else { String::new() },
         total.acknowledged,
         total.lost,
@@ -209,6 +209,7 @@ fn main() -> ExitCode {
         total.state_violations + total.torn_transactions + total.projection_mismatches,
         total.time_reversals,
         total.wrong_provenance,
+        total.tamper_alarms,
         if failed == 0 { "PASS".to_owned() } else { format!("FAIL ({failed} failed)") },
         started.elapsed().as_secs_f64()
     );
