@@ -341,7 +341,50 @@ pub async fn run<W: Write + Send>(pool: &PgPool, out: &mut W) -> Result<(), Box<
     }
     let by_eve = Account::query().all_versions().by_actor("teller:eve").count(pool).await?;
     say!(out, "  account versions written by teller:eve: {by_eve}");
+
+    section(out, "12. Proving history: hash chains, a digest kept elsewhere, and a tamperer caught");
+    prove_history(pool, out, savings.entity_id).await?;
     say!(out, "\nDone.");
+    Ok(())
+}
+
+/// Section 12: verify the ledger, keep a digest, tamper with a stored version as the table's owner
+/// (triggers disabled, as a superuser could too), and verify again.
+async fn prove_history<W: Write + Send>(
+    pool: &PgPool,
+    out: &mut W,
+    savings: Uuid,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let report = Account::verify(pool).await?;
+    say!(out, "  verify: {report}");
+    let digest = Account::digest(pool).await?;
+    say!(
+        out,
+        "  digest kept outside the database: {} versions of {} entities, root {}..",
+        digest.versions,
+        digest.entities,
+        &digest.root[..16]
+    );
+    // Someone with the owner's keys (or a superuser) edits history with the triggers disabled.
+    let mut tx = pool.begin().await?;
+    sqlx::raw_sql("ALTER TABLE accounts DISABLE TRIGGER USER").execute(&mut *tx).await?;
+    sqlx::query("UPDATE accounts SET balance = balance + 1000000 WHERE entity_id = $1 AND version = 1")
+        .bind(savings)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(
+        "ALTER TABLE accounts ENABLE ALWAYS TRIGGER immu_check_insert, ENABLE ALWAYS TRIGGER immu_append_only,
+                               ENABLE ALWAYS TRIGGER immu_append_only_rows;",
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    say!(out, "  tampered: version 1 of Ada savings given 10,000.00 more, triggers disabled, as the owner");
+    let report = Account::verify(pool).against(&digest).await?;
+    say!(out, "  verify against the digest: intact {}", report.is_intact());
+    for line in report.to_string().lines() {
+        say!(out, "    {line}");
+    }
     Ok(())
 }
 

@@ -257,10 +257,17 @@ impl fmt::Display for Report {
             }
         }
         if let Some(d) = &self.digest {
-            if d.root_matches {
+            if d.root_matches && self.broken_entities == 0 {
                 write!(
                     f,
-                    "\n  digest: matches ({} versions of {} entities covered)",
+                    "\n  digest: matches, nothing it covered changed ({} versions of {} entities)",
+                    d.versions, d.entities
+                )?;
+            } else if d.root_matches {
+                write!(
+                    f,
+                    "\n  digest: the chain heads it covered are as they were ({} versions of {} entities); \
+                     the breaks above are not",
                     d.versions, d.entities
                 )?;
             } else {

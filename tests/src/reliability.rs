@@ -529,6 +529,9 @@ pub struct Report {
     /// Acknowledged versions stored without the provenance their write gave (actor, reason) or
     /// without the database user the database stamps.
     pub wrong_provenance: usize,
+    /// Alarms of tamper evidence on an honest history (none may be raised): entities whose hash
+    /// chain does not verify, and digests taken during the run that no longer match.
+    pub tamper_alarms: usize,
     /// The first problems found, described.
     pub problems: Vec<String>,
 }
@@ -555,6 +558,7 @@ impl Report {
             + self.torn_transactions
             + self.projection_mismatches
             + self.wrong_provenance
+            + self.tamper_alarms
     }
 
     /// Adds `other`'s counters to this report (for a summary over scenarios).
@@ -576,6 +580,7 @@ impl Report {
         self.torn_transactions += other.torn_transactions;
         self.projection_mismatches += other.projection_mismatches;
         self.wrong_provenance += other.wrong_provenance;
+        self.tamper_alarms += other.tamper_alarms;
         for problem in &other.problems {
             if self.problems.len() < MAX_PROBLEMS {
                 self.problems.push(problem.clone());
@@ -615,6 +620,7 @@ impl fmt::Display for Report {
             ("torn transactions", self.torn_transactions),
             ("projection mismatches", self.projection_mismatches),
             ("wrong provenance", self.wrong_provenance),
+            ("tamper alarms", self.tamper_alarms),
         ];
         for (name, count) in others {
             if count > 0 {
@@ -640,7 +646,9 @@ impl fmt::Display for Report {
 /// 5. version 1 is live, a tombstone follows a live version and copies it, a live version after a
 ///    tombstone copies it (an undelete, never an update);
 /// 6. a caller's transaction is stored entirely or not at all;
-/// 7. the projection holds, for each entity, exactly its highest stored version, and nothing else.
+/// 7. the projection holds, for each entity, exactly its highest stored version, and nothing else;
+/// 8. (in [`check_rows`]) the provenance of every acknowledged version;
+/// 9. every entity's hash chain verifies (immu_core::ledger): an honest history raises no alarm.
 pub async fn check(pool: &PgPool, history: &History) -> sqlx::Result<Report> {
     // One snapshot for both tables.
     let mut tx = pool.begin().await?;
@@ -658,7 +666,35 @@ pub async fn check(pool: &PgPool, history: &History) -> sqlx::Result<Report> {
     .fetch_all(&mut *tx)
     .await?;
     tx.rollback().await?;
-    Ok(check_rows(&rows, &projected, history))
+    let mut report = check_rows(&rows, &projected, history);
+    let chains = immu_core::ledger::verify_table(pool, "accounts")
+        .await
+        .map_err(|e| sqlx::Error::Protocol(format!("verification failed: {e}")))?;
+    report.tamper_alarms += chains.broken_entities as usize;
+    for b in &chains.breaks {
+        report.problem(format!("tamper alarm on an honest history: {b}"));
+    }
+    Ok(report)
+}
+
+/// Checks digests taken during a run against the table now: each must match (an honest history
+/// raises no alarm, whatever was committing when the digest was taken). Counted in `report`.
+pub async fn check_digests(
+    pool: &PgPool,
+    digests: &[immu_core::ledger::Digest],
+    report: &mut Report,
+) -> sqlx::Result<()> {
+    for digest in digests {
+        let verified = immu_core::ledger::verify_table(pool, "accounts")
+            .against(digest)
+            .await
+            .map_err(|e| sqlx::Error::Protocol(format!("verification failed: {e}")))?;
+        if !verified.is_intact() {
+            report.tamper_alarms += 1;
+            report.problem(format!("a digest taken during the run does not verify: {verified}"));
+        }
+    }
+    Ok(())
 }
 
 /// [`check`] on rows already read: the history's rows, and the projection's.

@@ -26,12 +26,16 @@ async fn demo_runs_end_to_end(db: Db) -> TestResult {
         "check: ok",
         "  2       1      Grace B.     Hopper",
         "  3       2      Grace B.     Hopper",
+        "; every chain verifies",
+        "verify against the digest: intact false",
+        "version 1: content changed since it was written",
+        "digest: the chain heads it covered are as they were",
     ] {
         assert!(story.contains(expected), "{expected:?} missing from the demo's output:\n{story}");
     }
     // The story's money adds up: transfers move balances, they do not create any.
     let total: i64 = immu_demo::Account::query().fetch_all(&pool).await?.iter().map(|a| a.balance).sum();
-    assert_eq!(total, 65_000, "100 + 500 + 50 dollars, in cents");
+    assert_eq!(total, 65_000, "100 + 500 + 50 dollars, in cents (the tamperer edited an old version)");
     pool.close().await;
     Ok(())
 }

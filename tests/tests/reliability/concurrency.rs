@@ -26,6 +26,19 @@ pub(crate) async fn mixed(env: Env) -> Result<Verdict, BoxError> {
         ids.push(v.ok_or("initial insert failed")?.entity_id);
     }
 
+    // Digests taken while the writers commit: each must verify at the end.
+    let digesting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let digester = {
+        let (pool, digesting) = (env.pool.clone(), digesting.clone());
+        tokio::spawn(async move {
+            let mut digests = Vec::new();
+            while digesting.load(std::sync::atomic::Ordering::Relaxed) {
+                digests.push(immu_core::ledger::digest_table(&pool, "accounts").await?);
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Ok::<_, Error>(digests)
+        })
+    };
     let mut handles = Vec::new();
     for w in 0..WRITERS {
         let mut conn = env.connect().await?;
@@ -100,8 +113,13 @@ pub(crate) async fn mixed(env: Env) -> Result<Verdict, BoxError> {
     verdict.expect(history.unknown() == 0, || {
         format!("{} unknown outcomes without any fault", history.unknown())
     });
+    digesting.store(false, std::sync::atomic::Ordering::Relaxed);
+    let digests = digester.await??;
+    verdict.count(format!("{} digests taken while writing, verified", digests.len()));
     reads_agree(&env.pool, &mut verdict).await?;
-    verdict.report = Some(reliability::check(&env.pool, &history).await?);
+    let mut report = reliability::check(&env.pool, &history).await?;
+    reliability::check_digests(&env.pool, &digests, &mut report).await?;
+    verdict.report = Some(report);
     Ok(verdict)
 }
 

@@ -240,7 +240,7 @@ async fn run(pg: &Arc<TempPostgres>, scale: u32, verdict: &mut Verdict) -> Resul
     verdict.delivered = delivered;
     verdict.count(format!(
         "{delivered} versions delivered ({} stored x {CONSUMERS} consumers, {} acknowledged), {} sessions killed, \
-         {} consumer restarts, 0 + {duplicates} duplicates",
+         {} consumer restarts, {duplicates} duplicates",
         stored.len(),
         acknowledged.len(),
         kills.load(Ordering::Relaxed),

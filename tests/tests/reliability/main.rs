@@ -204,7 +204,7 @@ fn main() -> ExitCode {
 
     println!(
         "reliability: {ran} scenarios{}, {} acknowledged writes, {} lost, {} duplicate versions, {} gaps, \
-         {} phantom, {} state violations, {} time reversals, {} wrong provenance, {delivered} versions delivered by feeds; \
+         {} phantom, {} state violations, {} time reversals, {} wrong provenance, {} tamper alarms, {delivered} versions delivered by feeds; \
          {} in {:.1}s",
         if skipped > 0 { format!(" ({skipped} skipped)") } else { String::new() },
         total.acknowledged,
@@ -215,6 +215,7 @@ fn main() -> ExitCode {
         total.state_violations + total.torn_transactions + total.projection_mismatches,
         total.time_reversals,
         total.wrong_provenance,
+        total.tamper_alarms,
         if failed == 0 { "PASS".to_owned() } else { format!("FAIL ({failed} failed)") },
         started.elapsed().as_secs_f64()
     );
