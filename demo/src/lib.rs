@@ -2,7 +2,8 @@
 //! as-of reads and lists, a join as of a past instant, history, delete/undelete, optimistic
 //! concurrency, the database refusing an `UPDATE`, an entity changing shape between two
 //! releases of the app, and the audit trail: a request that sets its actor once, a partial
-//! update, a no-op write, diffs with who and why, and a revert.
+//! update, a no-op write, diffs with who and why, and a revert; then a live change feed of transfers,
+//! resumed from a stored cursor.
 //!
 //! The test suite runs [`run`] end to end and checks the migrations in `demo/migrations/`
 //! against the DDL the derive generates.
@@ -11,7 +12,7 @@ use std::io::Write;
 
 use chrono::{DateTime, Utc};
 use immu_core::sea_query::{Expr, ExprTrait, Order};
-use immu_core::{Audit, Change, Error, Immutable, Snapshot, Versioned};
+use immu_core::{Audit, Change, Cursor, Error, Immutable, Snapshot, Versioned};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -344,6 +345,9 @@ pub async fn run<W: Write + Send>(pool: &PgPool, out: &mut W) -> Result<(), Box<
 
     section(out, "12. Proving history: hash chains, a digest kept elsewhere, and a tamperer caught");
     prove_history(pool, out, savings.entity_id).await?;
+
+    section(out, "13. Following changes: a live feed of transfers, resumed from a stored cursor");
+    follow_transfers(pool, out, [&checking, &savings, &bobs]).await?;
     say!(out, "\nDone.");
     Ok(())
 }
@@ -385,6 +389,55 @@ async fn prove_history<W: Write + Send>(
     for line in report.to_string().lines() {
         say!(out, "    {line}");
     }
+    Ok(())
+}
+
+/// Section 13: a consumer follows the transfers feed from now while transfers commit, then a
+/// second consumer resumes from the cursor stored after the first transfer.
+async fn follow_transfers<W: Write + Send>(
+    pool: &PgPool,
+    out: &mut W,
+    accounts: [&Versioned<Account>; 3],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let label =
+        |id: Uuid| accounts.iter().find(|a| a.entity_id == id).map_or("?", |a| a.label.as_str()).to_owned();
+    let from = Cursor::now(pool).await?;
+    say!(out, "  following transfers from now, cursor {from}");
+    // The consumer waits (woken by LISTEN) while the transfers below commit.
+    let mut feed = Transfer::feed(pool).from(from);
+    let follower = tokio::spawn(async move {
+        let mut received = Vec::new();
+        while received.len() < 3 {
+            received.extend(feed.next_batch().await?);
+        }
+        Ok::<_, Error>(received)
+    });
+    let [checking, savings, bobs] = accounts.map(|a| a.entity_id);
+    for (from, to, amount) in [(bobs, checking, 20), (checking, savings, 15), (savings, bobs, 5)] {
+        transfer(pool, from, to, dollars(amount)).await?;
+    }
+    let received = follower.await??;
+    for change in &received {
+        say!(
+            out,
+            "  received  {:?} transfer {:>6} from {} to {}",
+            change.kind,
+            money(change.amount),
+            label(change.from_account),
+            label(change.to_account)
+        );
+    }
+    // A consumer stores the cursor after each change with its effects; one that stopped after the
+    // first transfer resumes right after it.
+    let stored = received[0].cursor.to_string();
+    let mut resumed = Transfer::feed(pool).from(stored.parse::<Cursor>()?);
+    let rest = resumed.read_batch().await?;
+    say!(
+        out,
+        "  resumed from the cursor stored after the first: {} more transfers ({}), none twice",
+        rest.len(),
+        rest.iter().map(|c| money(c.amount)).collect::<Vec<_>>().join(", ")
+    );
     Ok(())
 }
 

@@ -30,6 +30,8 @@ async fn demo_runs_end_to_end(db: Db) -> TestResult {
         "verify against the digest: intact false",
         "version 1: content changed since it was written",
         "digest: the chain heads it covered are as they were",
+        "received  Inserted transfer  20.00 from Bob checking to Ada checking",
+        "resumed from the cursor stored after the first: 2 more transfers (15.00, 5.00), none twice",
     ] {
         assert!(story.contains(expected), "{expected:?} missing from the demo's output:\n{story}");
     }
