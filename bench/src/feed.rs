@@ -33,6 +33,8 @@ pub(crate) struct FeedLatency {
     pub(crate) max_ms: f64,
     /// Versions received before their writer's acknowledgement arrived (counted as 0 ms).
     pub(crate) early: usize,
+    /// The plans of a catch-up read and of a live read (EXPLAIN ANALYZE): title, plan.
+    pub(crate) plans: Vec<(String, String)>,
 }
 
 /// Runs writers for a few seconds (1 with `--quick`) while a feed from [`Cursor::now`] follows;
@@ -103,6 +105,7 @@ pub(crate) async fn latency(setup: &Setup, ctx: &Ctx, config: &Config) -> Result
         }
     }
     ms.sort_by(f64::total_cmp);
+    let plans = plans(setup, ctx).await?;
     let p99 =
         ms.get(((ms.len() as f64 * 0.99).ceil() as usize).saturating_sub(1)).copied().unwrap_or(f64::NAN);
     Ok(FeedLatency {
@@ -113,7 +116,23 @@ pub(crate) async fn latency(setup: &Setup, ctx: &Ctx, config: &Config) -> Result
         p99_ms: p99,
         max_ms: ms.last().copied().unwrap_or(f64::NAN),
         early,
+        plans,
     })
+}
+
+/// The plans of the feed's two kinds of read on the loaded table: the first page of a catch-up
+/// from the beginning, and a live read of an interval holding 10 versions.
+async fn plans(setup: &Setup, ctx: &Ctx) -> Result<Vec<(String, String)>, BoxError> {
+    let catch_up = Account::feed(&setup.pool).explain(true).await?;
+    let from = Cursor::now(&setup.pool).await?;
+    for (id, _) in ctx.live.iter().take(10) {
+        Account::modify(&setup.pool, *id, |a| a.balance += 1).await?;
+    }
+    let live = Account::feed(&setup.pool).from(from).explain(true).await?;
+    Ok(vec![
+        ("Catch-up: the first page from `Cursor::beginning()` (1000 of every version)".to_owned(), catch_up),
+        ("Live: the versions of 10 transactions committed since the cursor".to_owned(), live),
+    ])
 }
 
 impl FeedLatency {
@@ -153,6 +172,14 @@ impl FeedLatency {
                  the notification is sent at commit, the acknowledgement travels back to the writer after it.",
                 self.early
             )?;
+            writeln!(out)?;
+        }
+        for (title, plan) in &self.plans {
+            writeln!(out, "<details><summary>Plan, {title}</summary>")?;
+            writeln!(out)?;
+            writeln!(out, "```\n{}\n```", plan.trim_end())?;
+            writeln!(out)?;
+            writeln!(out, "</details>")?;
             writeln!(out)?;
         }
         Ok(())

@@ -602,8 +602,36 @@ impl<T: Immutable> Feed<T> {
         }
     }
 
-    /// One read in a `REPEATABLE READ, READ ONLY` transaction: its snapshot, then one page.
-    async fn read(&mut self) -> Result<Batch<T>> {
+    /// The plan of the next read (`EXPLAIN`, with `ANALYZE` if `analyze`: the read runs, and
+    /// delivers nothing): a walk of the history's primary key for a catch-up, a range scan of the
+    /// BRIN index on `immu_xid` for a short live interval. The feed does not move.
+    ///
+    /// ```no_run
+    /// # use immu_core::{Cursor, Immutable};
+    /// # #[derive(Immutable)] #[immu(table = "accounts")] struct Account { owner: String, balance: i64 }
+    /// # async fn demo(pool: sqlx::PgPool) -> immu_core::Result<()> {
+    /// println!("{}", Account::feed(&pool).from(Cursor::beginning()).explain(true).await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn explain(&mut self, analyze: bool) -> Result<String> {
+        let explained = async {
+            let (mut tx, _, sql, args) = self.begin_read().await?;
+            let options = if analyze { "(ANALYZE, TIMING OFF) " } else { "" };
+            let lines: Vec<String> =
+                sqlx::query_scalar_with(sqlx::AssertSqlSafe(format!("EXPLAIN {options}{sql}")), args)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            tx.rollback().await?;
+            Ok(lines.join("\n"))
+        };
+        explained.await.map_err(machinery_error::<T>)
+    }
+
+    /// Opens a read's `REPEATABLE READ, READ ONLY` transaction and takes its snapshot; returns
+    /// it with the end of the interval to read and the statement of the page to read in it.
+    async fn begin_read(
+        &mut self,
+    ) -> Result<(sqlx::Transaction<'static, Postgres>, PgSnapshot, String, PgArguments)> {
         let table = T::TABLE.name;
         let mut tx = self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
         // Plans for the values at hand: a range scan of the BRIN index on immu_xid for a short
@@ -640,8 +668,15 @@ impl<T: Immutable> Feed<T> {
             None => (now, None),
         };
         let (sql, args) = page(&T::TABLE, cursor.after.as_ref(), &upto, key, self.batch_size + 1)?;
+        Ok((tx, upto, sql, args))
+    }
+
+    /// One read in a `REPEATABLE READ, READ ONLY` transaction: its snapshot, then one page.
+    async fn read(&mut self) -> Result<Batch<T>> {
+        let (mut tx, upto, sql, args) = self.begin_read().await?;
         let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), args).fetch_all(&mut *tx).await?;
         tx.commit().await?;
+        let cursor = &self.cursor;
 
         let more = rows.len() > self.batch_size;
         let count = rows.len().min(self.batch_size);
