@@ -62,7 +62,7 @@ pub(crate) async fn latency(setup: &Setup, ctx: &Ctx, config: &Config) -> Result
             let now = Instant::now();
             batches += 1;
             for change in batch {
-                received.insert(change.version.id, now);
+                received.insert(change.id, now);
             }
         }
     });

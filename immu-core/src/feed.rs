@@ -390,14 +390,14 @@ pub struct Change<T> {
     pub kind: ChangeKind,
     /// The cursor after this change: resuming from it delivers what follows it.
     pub cursor: Cursor,
-    /// The version appended.
-    pub version: Versioned<T>,
+    /// The version appended (also reachable through `Deref`: `change.version` is its number).
+    pub versioned: Versioned<T>,
 }
 
 impl<T> Deref for Change<T> {
     type Target = Versioned<T>;
     fn deref(&self) -> &Versioned<T> {
-        &self.version
+        &self.versioned
     }
 }
 
@@ -708,7 +708,7 @@ impl<T: Immutable> Feed<T> {
                     }),
                 }
             };
-            changes.push(Change { kind, cursor, version });
+            changes.push(Change { kind, cursor, versioned: version });
         }
         let cursor = match changes.last() {
             Some(last) => last.cursor.clone(),

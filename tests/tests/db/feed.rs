@@ -53,14 +53,9 @@ fn delivered(changes: &[Change<Account>]) -> BTreeSet<(Uuid, i64)> {
     let mut last: BTreeMap<Uuid, i64> = BTreeMap::new();
     let mut set = BTreeSet::new();
     for c in changes {
-        assert!(
-            set.insert((c.entity_id, c.version.version)),
-            "delivered twice: {} v{}",
-            c.entity_id,
-            c.version.version
-        );
-        let before = last.insert(c.entity_id, c.version.version).unwrap_or(0);
-        assert!(before < c.version.version, "{}: v{} after v{before}", c.entity_id, c.version.version);
+        assert!(set.insert((c.entity_id, c.version)), "delivered twice: {} v{}", c.entity_id, c.version);
+        let before = last.insert(c.entity_id, c.version).unwrap_or(0);
+        assert!(before < c.version, "{}: v{} after v{before}", c.entity_id, c.version);
     }
     set
 }
@@ -97,7 +92,7 @@ async fn apply(pool: &PgPool, consumer: &str, changes: &[Change<Account>]) -> Te
         sqlx::query("INSERT INTO feed_effects VALUES ($1, $2, $3, $4)")
             .bind(consumer)
             .bind(c.entity_id)
-            .bind(c.version.version)
+            .bind(c.version)
             .bind(c.balance)
             .execute(&mut *tx)
             .await?;
@@ -136,7 +131,7 @@ async fn catch_up_from_the_beginning_then_live(db: Db) -> TestResult {
     let changes = drain(&mut feed).await?;
     assert_eq!(delivered(&changes), stored(&db.pool).await?);
     let kinds: BTreeMap<(Uuid, i64), ChangeKind> =
-        changes.iter().map(|c| ((c.entity_id, c.version.version), c.kind)).collect();
+        changes.iter().map(|c| ((c.entity_id, c.version), c.kind)).collect();
     assert_eq!(kinds[&(a.entity_id, 1)], ChangeKind::Inserted);
     assert_eq!(kinds[&(a.entity_id, 2)], ChangeKind::Updated);
     assert_eq!(kinds[&(a.entity_id, 3)], ChangeKind::Reverted);
@@ -156,7 +151,7 @@ async fn catch_up_from_the_beginning_then_live(db: Db) -> TestResult {
     let batch = batch?;
     assert_eq!(batch.len(), 1);
     assert_eq!((batch.changes[0].entity_id, batch.changes[0].kind), (c.entity_id, ChangeKind::Inserted));
-    assert_eq!(batch.changes[0].version, c);
+    assert_eq!(batch.changes[0].versioned, c);
     assert!(feed.read_batch().await?.is_empty());
 
     // And again, with the listener established: several writes, one or more batches.
@@ -167,7 +162,7 @@ async fn catch_up_from_the_beginning_then_live(db: Db) -> TestResult {
     let mut got = BTreeSet::new();
     while got.len() < ids.len() {
         let batch = tokio::time::timeout(HANG, feed.next_batch()).await??;
-        got.extend(batch.iter().map(|c| (c.entity_id, c.version.version)));
+        got.extend(batch.iter().map(|c| (c.entity_id, c.version)));
     }
     assert_eq!(got, ids);
     Ok(())
@@ -198,9 +193,8 @@ async fn every_cursor_resumes_right_after_its_change(db: Db) -> TestResult {
         assert_eq!(serde_json::from_str::<Cursor>(&json)?, cursor);
         for size in [1, 2, 1000] {
             let rest = drain(&mut Account::feed(&db.pool).from(cursor.clone()).batch_size(size)).await?;
-            let expected: Vec<(Uuid, i64)> =
-                all[i + 1..].iter().map(|c| (c.entity_id, c.version.version)).collect();
-            let got: Vec<(Uuid, i64)> = rest.iter().map(|c| (c.entity_id, c.version.version)).collect();
+            let expected: Vec<(Uuid, i64)> = all[i + 1..].iter().map(|c| (c.entity_id, c.version)).collect();
+            let got: Vec<(Uuid, i64)> = rest.iter().map(|c| (c.entity_id, c.version)).collect();
             // The same versions; the order of different entities may differ only where the
             // resumed read splits intervals differently, so compare per entity.
             assert_eq!(
@@ -216,7 +210,7 @@ async fn every_cursor_resumes_right_after_its_change(db: Db) -> TestResult {
     assert!(drain(&mut Account::feed(&db.pool).from(now.clone())).await?.is_empty());
     let late = Account::insert(&db.pool, Account::new("late", 0)).await?;
     let after_now = drain(&mut Account::feed(&db.pool).from(now)).await?;
-    assert_eq!(after_now.iter().map(|c| c.version.id).collect::<Vec<_>>(), [late.id]);
+    assert_eq!(after_now.iter().map(|c| c.id).collect::<Vec<_>>(), [late.id]);
     Ok(())
 }
 
@@ -244,7 +238,7 @@ async fn exactly_once_across_a_consumer_crash(db: Db) -> TestResult {
         for c in batch.iter().take(3) {
             sqlx::query("INSERT INTO feed_effects VALUES ('c', $1, $2, $3)")
                 .bind(c.entity_id)
-                .bind(c.version.version)
+                .bind(c.version)
                 .bind(c.balance)
                 .execute(&mut *tx)
                 .await?;
@@ -299,7 +293,7 @@ async fn a_transaction_that_commits_late_is_delivered_though_its_valid_from_is_e
     // ...and the consumer reads them: the slow one is not committed, so not delivered yet.
     let first = drain(&mut feed).await?;
     assert_eq!(
-        first.iter().map(|c| c.version.id).collect::<BTreeSet<_>>(),
+        first.iter().map(|c| c.id).collect::<BTreeSet<_>>(),
         later.iter().map(|v| v.id).collect::<BTreeSet<_>>()
     );
     let high_water: DateTime<Utc> = first.iter().map(|c| c.valid_from).max().ok_or("nothing delivered")?;
@@ -308,8 +302,8 @@ async fn a_transaction_that_commits_late_is_delivered_though_its_valid_from_is_e
     // The slow transaction commits last.
     tx.commit().await?;
     let second = drain(&mut feed).await?;
-    assert_eq!(second.iter().map(|c| c.version.id).collect::<Vec<_>>(), [early.id], "delivered after all");
-    assert_eq!(second[0].version.version, 2);
+    assert_eq!(second.iter().map(|c| c.id).collect::<Vec<_>>(), [early.id], "delivered after all");
+    assert_eq!(second[0].version, 2);
 
     // A cursor on valid_from ("everything after the latest valid_from I saw") misses it.
     let by_valid_from: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts WHERE valid_from > $1")
@@ -408,12 +402,12 @@ async fn paging_inside_a_big_interval(db: Db) -> TestResult {
     assert_eq!(changes.len(), 251);
     // The interval first, in primary key order (entity, then version), then the later commit.
     let (bulk, next) = changes.split_at(250);
-    let keys: Vec<(Uuid, i64)> = bulk.iter().map(|c| (c.entity_id, c.version.version)).collect();
+    let keys: Vec<(Uuid, i64)> = bulk.iter().map(|c| (c.entity_id, c.version)).collect();
     let mut sorted = keys.clone();
     sorted.sort();
     assert_eq!(keys, sorted);
     assert_eq!(keys.iter().map(|k| k.0).collect::<BTreeSet<_>>(), ids.into_iter().collect());
-    assert_eq!(next[0].version.id, between.id);
+    assert_eq!(next[0].id, between.id);
     delivered(&changes);
     Ok(())
 }
@@ -469,11 +463,11 @@ async fn versions_written_before_release_4_are_delivered_from_the_beginning(db: 
     }
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM customers").fetch_one(&pool).await?;
     assert_eq!(all.len() as i64, total, "every version, the old ones included");
-    assert_eq!(all.iter().filter(|c| c.version.id == new.id).count(), 1);
+    assert_eq!(all.iter().filter(|c| c.id == new.id).count(), 1);
     // From a cursor taken after the upgrade, the old versions count as seen.
     let mut feed = Customer::feed(&pool).from(now);
     let later = feed.read_batch().await?;
-    assert_eq!(later.iter().map(|c| c.version.id).collect::<Vec<_>>(), [new.id]);
+    assert_eq!(later.iter().map(|c| c.id).collect::<Vec<_>>(), [new.id]);
     drop(feed);
     pool.close().await;
     db.drop_empty_database().await?;

@@ -307,7 +307,7 @@ async fn apply(
     )
     .bind(consumer)
     .bind(changes.iter().map(|c| c.entity_id).collect::<Vec<_>>())
-    .bind(changes.iter().map(|c| c.version.version).collect::<Vec<_>>())
+    .bind(changes.iter().map(|c| c.version).collect::<Vec<_>>())
     .bind(changes.iter().map(|c| c.balance).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?
