@@ -23,6 +23,7 @@ immu_tests::tests![
     paging_inside_a_big_interval,
     a_cursor_from_another_server_is_refused,
     versions_written_before_release_4_are_delivered_from_the_beginning,
+    the_stream_yields_each_change_and_follows_live_writes,
 ];
 
 /// A guard against a hang (never a timing assertion): far longer than any wait should be.
@@ -474,5 +475,26 @@ async fn versions_written_before_release_4_are_delivered_from_the_beginning(db: 
     drop(feed);
     pool.close().await;
     db.drop_empty_database().await?;
+    Ok(())
+}
+
+async fn the_stream_yields_each_change_and_follows_live_writes(db: Db) -> TestResult {
+    use futures_util::StreamExt;
+    let a = Account::insert(&db.pool, Account::new("s", 0)).await?;
+    Account::modify(&db.pool, a.entity_id, |x| x.balance += 1).await?;
+    let mut stream = std::pin::pin!(Account::feed(&db.pool).batch_size(1).into_stream());
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let change = tokio::time::timeout(HANG, stream.next()).await?.ok_or("the stream ended")??;
+        seen.push((change.version, change.cursor.clone()));
+    }
+    assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), [1, 2]);
+    // Caught up, it waits for the next commit.
+    let pending = tokio::spawn(async move {
+        Account::modify(&db.pool, a.entity_id, |x| x.balance += 1).await.map(|w| w.version)
+    });
+    let change = tokio::time::timeout(HANG, stream.next()).await?.ok_or("the stream ended")??;
+    assert_eq!(change.version, pending.await??);
+    assert_eq!((change.kind, change.version), (ChangeKind::Updated, 3));
     Ok(())
 }
