@@ -47,17 +47,20 @@
 //!
 //! # The batches, and the proof
 //!
-//! The feed reads in a `REPEATABLE READ, READ ONLY` transaction whose first statement takes its
-//! snapshot `S_k` (`pg_current_snapshot()` returns the transaction's snapshot). With the cursor at
-//! `S_{k-1}`, snapshot interval `k` is every version visible in `S_k` and not in `S_{k-1}`:
+//! Each read of the feed is one statement, and one statement reads with one snapshot, `S_k`, which
+//! `pg_current_snapshot()` in the same statement returns (the read records it). (The lead's design
+//! used a `REPEATABLE READ, READ ONLY` transaction whose first statement takes the snapshot: the
+//! same snapshot semantics, in five round trips instead of one.) With the cursor at `S_{k-1}`,
+//! snapshot interval `k` is every version visible in `S_k` and not in `S_{k-1}`:
 //!
 //! ```sql
 //! immu_xid >= S_{k-1}.xmin AND (immu_xid >= S_{k-1}.xmax OR immu_xid = ANY (S_{k-1}.xip))  -- not visible in S_{k-1}
 //! AND immu_xid < S_k.xmax AND immu_xid <> ALL (S_k.xip)                                 -- visible in S_k
 //! ```
 //!
-//! (the second line holds for every row the transaction of `S_k` sees; it is what lets a partly
-//! read interval be resumed later, in another transaction). Then, for any sequence of snapshots
+//! (the second line holds for every row a statement with snapshot `S_k` sees; it is written out
+//! when a partly read interval is resumed later, by another statement with a later snapshot,
+//! which sees all of `S_k`). Then, for any sequence of snapshots
 //! `S_0 ⊆ S_1 ⊆ S_2 ⊆ ...` (each interval's snapshot is the next one's start):
 //!
 //! * **No gap.** A committed version `v` of transaction `x` is visible in every snapshot taken
@@ -120,7 +123,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_core::Stream;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use sqlx::postgres::{PgArguments, PgListener};
+use sqlx::postgres::{PgArguments, PgListener, PgRow};
 use sqlx::{Arguments, Executor, PgPool, Postgres, Row};
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -614,36 +617,41 @@ impl<T: Immutable> Feed<T> {
     /// # Ok(()) }
     /// ```
     pub async fn explain(&mut self, analyze: bool) -> Result<String> {
-        let explained = async {
-            let (mut tx, _, sql, args) = self.begin_read().await?;
-            let options = if analyze { "(ANALYZE, TIMING OFF) " } else { "" };
-            let lines: Vec<String> =
-                sqlx::query_scalar_with(sqlx::AssertSqlSafe(format!("EXPLAIN {options}{sql}")), args)
-                    .fetch_all(&mut *tx)
-                    .await?;
-            tx.rollback().await?;
-            Ok(lines.join("\n"))
-        };
-        explained.await.map_err(machinery_error::<T>)
+        let (sql, args) = self.statement()?;
+        let options = if analyze { "(ANALYZE, TIMING OFF) " } else { "" };
+        let lines: Vec<String> =
+            sqlx::query_scalar_with(sqlx::AssertSqlSafe(format!("EXPLAIN {options}{sql}")), args)
+                .persistent(false)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| machinery_error::<T>(e.into()))?;
+        Ok(lines.join("\n"))
     }
 
-    /// Opens a read's `REPEATABLE READ, READ ONLY` transaction and takes its snapshot; returns
-    /// it with the end of the interval to read and the statement of the page to read in it.
-    async fn begin_read(
-        &mut self,
-    ) -> Result<(sqlx::Transaction<'static, Postgres>, PgSnapshot, String, PgArguments)> {
-        let table = T::TABLE.name;
-        let mut tx = self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
-        // Plans for the values at hand: a range scan of the BRIN index on immu_xid for a short
-        // live interval, a walk of the primary key for a catch-up.
-        sqlx::raw_sql("SET LOCAL plan_cache_mode = force_custom_plan").execute(&mut *tx).await?;
-        let (text, standby, oid): (String, bool, Option<i64>) = sqlx::query_as(
-            "SELECT pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_is_in_recovery(), \
-             pg_catalog.to_regclass($1)::oid::bigint",
+    /// The statement of the next read (see [`read_statement`]).
+    fn statement(&self) -> Result<(String, PgArguments)> {
+        let within = self.cursor.within.as_ref();
+        read_statement(
+            &T::TABLE,
+            self.cursor.after.as_ref(),
+            within.map(|w| &w.upto),
+            within.map(|w| (w.entity_id, w.valid_from, w.version)),
+            self.batch_size + 1,
         )
-        .bind(quote(table))
-        .fetch_one(&mut *tx)
-        .await?;
+    }
+
+    /// One read: one statement, whose snapshot is the end of the interval it reads (or, for an
+    /// interval partly delivered, bounded by that interval's end).
+    async fn read(&mut self) -> Result<Batch<T>> {
+        let table = T::TABLE.name;
+        let (sql, args) = self.statement()?;
+        // An unnamed statement: planned for the values at hand (a range scan of the BRIN index on
+        // immu_xid for a short live interval, a walk of the primary key for a catch-up).
+        let rows =
+            sqlx::query_with(sqlx::AssertSqlSafe(sql), args).persistent(false).fetch_all(&self.pool).await?;
+        let first = rows.first().ok_or(Error::Database(sqlx::Error::RowNotFound))?;
+        let (text, standby, oid): (String, bool, Option<i64>) =
+            (first.try_get(0)?, first.try_get(1)?, first.try_get(2)?);
         if standby {
             return Err(FeedError::Standby.into());
         }
@@ -663,27 +671,18 @@ impl<T: Immutable> Feed<T> {
             }
             .into());
         }
-        let (upto, key) = match &cursor.within {
-            Some(w) => (w.upto.clone(), Some((w.entity_id, w.valid_from, w.version))),
-            None => (now, None),
-        };
-        let (sql, args) = page(&T::TABLE, cursor.after.as_ref(), &upto, key, self.batch_size + 1)?;
-        Ok((tx, upto, sql, args))
-    }
-
-    /// One read in a `REPEATABLE READ, READ ONLY` transaction: its snapshot, then one page.
-    async fn read(&mut self) -> Result<Batch<T>> {
-        let (mut tx, upto, sql, args) = self.begin_read().await?;
-        let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), args).fetch_all(&mut *tx).await?;
-        tx.commit().await?;
-        let cursor = &self.cursor;
-
+        let upto = cursor.within.as_ref().map_or(now, |w| w.upto.clone());
+        // The left join's row when the interval holds nothing (more) has no version.
+        let rows: Vec<&PgRow> = rows
+            .iter()
+            .filter(|r| matches!(r.try_get::<Option<Uuid>, _>(FIRST_COLUMN), Ok(Some(_))))
+            .collect();
         let more = rows.len() > self.batch_size;
         let count = rows.len().min(self.batch_size);
         let mut changes = Vec::with_capacity(count);
         for (i, row) in rows.iter().take(count).enumerate() {
-            let undeleted: Option<bool> = row.try_get(0)?;
-            let version: Versioned<T> = Versioned::decode_at(row, 1)?;
+            let undeleted: Option<bool> = row.try_get(FIRST_COLUMN - 1)?;
+            let version: Versioned<T> = Versioned::decode_at(row, FIRST_COLUMN)?;
             let kind = if version.version == 1 {
                 ChangeKind::Inserted
             } else if version.deleted_at.is_some() {
@@ -718,14 +717,21 @@ impl<T: Immutable> Feed<T> {
     }
 }
 
-/// The statement of one page of the interval from `after` (`None`: the beginning) to `upto`,
-/// after `key` if given, and its arguments. Columns: whether the version undeletes its entity
-/// (for live versions after the first that are not reverts; NULL otherwise), then every column
-/// reads select.
-fn page(
+/// Where a read's row holds the version's first column (`id`): after the snapshot, whether the
+/// server is a standby, the table's oid, and whether the version undeletes its entity.
+const FIRST_COLUMN: usize = 4;
+
+/// The statement of one read, and its arguments: the statement's snapshot
+/// (`pg_current_snapshot()`: in one statement, the one it reads with), whether the server is a
+/// standby and the table's oid; left-joined with one page of the interval from `after` (`None`:
+/// the beginning) to `upto` (`None`: the statement's own snapshot, which every row it reads is
+/// visible in), after `key` if given, in primary key order. A page's columns: whether the version
+/// undeletes its entity (for live versions after the first that are not reverts; NULL otherwise),
+/// then every column reads select. No version: one row whose version columns are NULL.
+fn read_statement(
     table: &TableDef,
     after: Option<&PgSnapshot>,
-    upto: &PgSnapshot,
+    upto: Option<&PgSnapshot>,
     key: Option<(Uuid, DateTime<Utc>, i64)>,
     limit: usize,
 ) -> Result<(String, PgArguments)> {
@@ -740,25 +746,30 @@ fn page(
             n += 1;
             add(args).map(|()| format!("${n}")).map_err(|e| Error::Database(sqlx::Error::Encode(e)))
         };
+    let regclass = bind(&mut args, &|a| a.add(quote(table.name)))?;
     let mut conditions = Vec::new();
-    let visible_in_upto = {
-        let xmax = bind(&mut args, &|a| a.add(as_bigint(upto.xmax())))?;
-        let xip = bind(&mut args, &|a| {
-            a.add(upto.in_progress().iter().copied().map(as_bigint).collect::<Vec<i64>>())
-        })?;
-        format!("({xid} < {xmax} AND {xid} <> ALL ({xip}))")
+    let visible_in_upto = match upto {
+        Some(upto) => {
+            let xmax = bind(&mut args, &|a| a.add(as_bigint(upto.xmax())))?;
+            let xip = bind(&mut args, &|a| {
+                a.add(upto.in_progress().iter().copied().map(as_bigint).collect::<Vec<i64>>())
+            })?;
+            Some(format!("({xid} < {xmax} AND {xid} <> ALL ({xip}))"))
+        }
+        None => None,
     };
-    match after {
+    match (after, visible_in_upto) {
         // Versions written before release 4 (no immu_xid) count as committed before every snapshot.
-        None => conditions.push(format!("({xid} IS NULL OR {visible_in_upto})")),
-        Some(after) => {
+        (None, Some(visible)) => conditions.push(format!("({xid} IS NULL OR {visible})")),
+        (None, None) => {}
+        (Some(after), visible) => {
             let xmin = bind(&mut args, &|a| a.add(as_bigint(after.xmin())))?;
             let xmax = bind(&mut args, &|a| a.add(as_bigint(after.xmax())))?;
             let xip = bind(&mut args, &|a| {
                 a.add(after.in_progress().iter().copied().map(as_bigint).collect::<Vec<i64>>())
             })?;
             conditions.push(format!("{xid} >= {xmin} AND ({xid} >= {xmax} OR {xid} = ANY ({xip}))"));
-            conditions.push(visible_in_upto);
+            conditions.extend(visible);
         }
     }
     if let Some((e, vf, v)) = key {
@@ -781,12 +792,25 @@ fn page(
         p_version = p(VERSION),
         t = quote(table.name),
     );
-    let sql = format!(
-        "SELECT {undeleted}, {columns} FROM {t} AS \"immu_h\" WHERE {conditions} \
+    let page = format!(
+        "SELECT {undeleted} AS \"immu_undeleted\", {columns} FROM {t} AS \"immu_h\"{conditions} \
          ORDER BY {entity}, {valid_from}, {version} LIMIT {limit}",
         columns = all_columns(table).map(h).collect::<Vec<_>>().join(", "),
         t = quote(table.name),
-        conditions = conditions.join(" AND "),
+        conditions = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conditions.join(" AND "))
+        },
+    );
+    let r = |c: &str| format!("\"immu_r\".{}", quote(c));
+    let sql = format!(
+        "SELECT \"immu_s\".*, \"immu_r\".* FROM (SELECT pg_catalog.pg_current_snapshot()::text, \
+         pg_catalog.pg_is_in_recovery(), pg_catalog.to_regclass({regclass})::oid::bigint) AS \"immu_s\" \
+         LEFT JOIN LATERAL ({page}) AS \"immu_r\" ON true ORDER BY {}, {}, {}",
+        r(ENTITY_ID),
+        r(VALID_FROM),
+        r(VERSION),
     );
     Ok((sql, args))
 }
@@ -910,26 +934,21 @@ mod tests {
         TableDef { name: "accounts", rust_name: "Account", shape: 1, upcast: None, columns: &[] };
 
     #[test]
-    fn pages_read_the_interval_by_primary_key() {
+    fn a_read_is_one_statement_over_the_interval_by_primary_key() {
         let after = "10:20:12".parse::<PgSnapshot>().unwrap();
         let upto = "20:30:".parse::<PgSnapshot>().unwrap();
         let key = Some((Uuid::nil(), DateTime::<Utc>::MIN_UTC, 1));
-        let (sql, _) = page(&ACCOUNTS, Some(&after), &upto, key, 10).unwrap();
-        assert!(sql.contains(r#""immu_h"."immu_xid" >= $3 AND ("immu_h"."immu_xid" >= $4 OR "immu_h"."immu_xid" = ANY ($5))"#), "{sql}");
-        assert!(sql.contains(r#"("immu_h"."immu_xid" < $1 AND "immu_h"."immu_xid" <> ALL ($2))"#), "{sql}");
-        assert!(
-            sql.contains(
-                r#"("immu_h"."entity_id", "immu_h"."valid_from", "immu_h"."version") > ($6, $7, $8)"#
-            ),
-            "{sql}"
-        );
-        assert!(
-            sql.ends_with(
-                r#"ORDER BY "immu_h"."entity_id", "immu_h"."valid_from", "immu_h"."version" LIMIT $9"#
-            ),
-            "{sql}"
-        );
-        let (sql, _) = page(&ACCOUNTS, None, &upto, None, 10).unwrap();
-        assert!(sql.contains(r#"WHERE ("immu_h"."immu_xid" IS NULL OR ("immu_h"."immu_xid" < $1 AND "immu_h"."immu_xid" <> ALL ($2))) ORDER BY"#), "{sql}");
+        // A partly delivered interval: both snapshots bound it, the key continues it.
+        let (sql, _) = read_statement(&ACCOUNTS, Some(&after), Some(&upto), key, 10).unwrap();
+        assert!(sql.starts_with(r#"SELECT "immu_s".*, "immu_r".* FROM (SELECT pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_is_in_recovery(), pg_catalog.to_regclass($1)::oid::bigint) AS "immu_s" LEFT JOIN LATERAL ("#), "{sql}");
+        assert!(sql.contains(r#"WHERE "immu_h"."immu_xid" >= $4 AND ("immu_h"."immu_xid" >= $5 OR "immu_h"."immu_xid" = ANY ($6)) AND ("immu_h"."immu_xid" < $2 AND "immu_h"."immu_xid" <> ALL ($3)) AND ("immu_h"."entity_id", "immu_h"."valid_from", "immu_h"."version") > ($7, $8, $9) ORDER BY "immu_h"."entity_id", "immu_h"."valid_from", "immu_h"."version" LIMIT $10) AS "immu_r" ON true"#), "{sql}");
+        // A new interval from a snapshot: up to the statement's own.
+        let (sql, _) = read_statement(&ACCOUNTS, Some(&after), None, None, 10).unwrap();
+        assert!(sql.contains(r#"WHERE "immu_h"."immu_xid" >= $2 AND ("immu_h"."immu_xid" >= $3 OR "immu_h"."immu_xid" = ANY ($4)) ORDER BY"#), "{sql}");
+        // From the beginning: everything the statement sees; continued, versions without immu_xid too.
+        let (sql, _) = read_statement(&ACCOUNTS, None, None, None, 10).unwrap();
+        assert!(sql.contains(r#"FROM "accounts" AS "immu_h" ORDER BY"#), "{sql}");
+        let (sql, _) = read_statement(&ACCOUNTS, None, Some(&upto), key, 10).unwrap();
+        assert!(sql.contains(r#"WHERE ("immu_h"."immu_xid" IS NULL OR ("immu_h"."immu_xid" < $2 AND "immu_h"."immu_xid" <> ALL ($3))) AND"#), "{sql}");
     }
 }
