@@ -16,6 +16,7 @@
 //! (the checks before measuring), an operation fails, or the hot entity's final value is not exact.
 
 mod data;
+mod ledger;
 mod report;
 mod run;
 mod scenarios;
@@ -217,6 +218,14 @@ async fn bench(config: &Config, server: &TestDatabase) -> Result<(), BoxError> {
         let mut conn = setup.pool.acquire().await?;
         scenarios::memory(&mut conn).await?
     };
+    let verification = ledger::verification(&setup.pool).await?;
+    eprintln!(
+        "verified {} versions in {:.2} s ({:.0}/s), digest in {:.2} s",
+        verification.versions,
+        verification.elapsed.as_secs_f64(),
+        verification.per_second(),
+        verification.digest.as_secs_f64()
+    );
     let plans = if config.explain { report::explain(&setup).await } else { Vec::new() };
     let ctx = Arc::new(Ctx::load(&setup).await?);
 
@@ -250,6 +259,11 @@ async fn bench(config: &Config, server: &TestDatabase) -> Result<(), BoxError> {
         results.push((scenario, outcome));
     }
 
+    let hash_cost = ledger::hash_cost(server, config.quick).await?;
+    eprintln!(
+        "hash chain: insert {:.0} -> {:.0} µs, update {:.0} -> {:.0} µs per version",
+        hash_cost.insert_us.0, hash_cost.insert_us.1, hash_cost.update_us.0, hash_cost.update_us.1
+    );
     let (library_balance, library_version, plain_balance) = data::hot_values(&setup.pool, ctx.hot).await?;
     let hot = Hot {
         library_balance,
@@ -271,6 +285,8 @@ async fn bench(config: &Config, server: &TestDatabase) -> Result<(), BoxError> {
         storage: &storage,
         checks: &checks,
         memory: &memory,
+        hash_cost: &hash_cost,
+        verification: &verification,
         plans: &plans,
         results: &results,
         hot: &hot,
