@@ -35,6 +35,8 @@ pub(crate) struct Verification {
     pub(crate) elapsed: Duration,
     /// How long a digest took.
     pub(crate) digest: Duration,
+    /// Peak RSS growth during verification, in kB (`None`: the peak could not be reset).
+    pub(crate) peak_growth_kb: Option<u64>,
 }
 
 impl Verification {
@@ -47,9 +49,12 @@ impl Verification {
 /// Verifies the benchmark's table (it must be intact: the load went through immu's import) and
 /// takes a digest, timing both.
 pub(crate) async fn verification(pool: &PgPool) -> Result<Verification, BoxError> {
+    let reset = crate::scenarios::reset_peak();
+    let base = crate::scenarios::status_kb("VmRSS");
     let started = Instant::now();
     let report = immu_core::ledger::verify_table(pool, "accounts").await?;
     let elapsed = started.elapsed();
+    let peak_growth_kb = reset.then(|| crate::scenarios::status_kb("VmHWM").saturating_sub(base));
     if !report.is_intact() {
         return Err(format!("the benchmark's table does not verify: {report}").into());
     }
@@ -61,7 +66,13 @@ pub(crate) async fn verification(pool: &PgPool) -> Result<Verification, BoxError
             format!("digest of {} entities, verification saw {}", digest.entities, report.entities).into()
         );
     }
-    Ok(Verification { versions: report.versions, entities: report.entities, elapsed, digest: digest_time })
+    Ok(Verification {
+        versions: report.versions,
+        entities: report.entities,
+        elapsed,
+        digest: digest_time,
+        peak_growth_kb,
+    })
 }
 
 /// Measures the server's time per version in two fresh databases on `server`:

@@ -506,12 +506,14 @@ impl Report<'_> {
         writeln!(
             out,
             "Verification of the loaded table (`ledger::verify_table`, every chain recomputed in Rust, streamed): \
-             {} versions of {} entities in {:.2} s, **{} versions/s**; a digest (one row per entity, from the \
-             projection) in {:.2} s.",
+             {} versions of {} entities in {:.2} s, **{} versions/s**, the process's peak RSS growing by {}; a \
+             digest (one row per entity, from the projection) in {:.2} s.",
             v.versions,
             v.entities,
             v.elapsed.as_secs_f64(),
             num(v.per_second()),
+            v.peak_growth_kb
+                .map_or("(not measurable here)".to_owned(), |kb| format!("{} MB", num(kb as f64 / 1024.0))),
             v.digest.as_secs_f64()
         )?;
         writeln!(out)?;

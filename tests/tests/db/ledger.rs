@@ -97,6 +97,11 @@ async fn every_kind_of_write_chains_and_verifies(db: Db) -> TestResult {
 
     let report = intact(pool, "accounts").await?;
     assert_eq!((report.entities, report.versions, report.unhashed), (2, 10, 0));
+    // Progress is reported (every 10,000 versions, and at the end).
+    let mut seen = Vec::new();
+    let report = Account::verify(pool).on_progress(|p| seen.push(p.versions)).await?;
+    assert!(report.is_intact() && report.per_second() > 0.0, "{report}");
+    assert_eq!(seen, [10]);
     let report = intact(pool, "order").await?;
     assert_eq!((report.entities, report.versions), (1, 2));
     // The hash, the transaction and the layout are the database's, not the writer's.
