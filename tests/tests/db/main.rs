@@ -14,6 +14,7 @@ mod evolution;
 mod import;
 mod joins;
 mod ledger;
+mod ledger_attacks;
 mod queries;
 mod raw_sql;
 mod reads;
@@ -43,6 +44,7 @@ fn main() -> std::process::ExitCode {
             sqlx_cli::tests(),
             audit::tests(),
             ledger::tests(),
+            ledger_attacks::tests(),
         ]
         .into_iter()
         .flatten()
