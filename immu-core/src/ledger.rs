@@ -13,7 +13,7 @@
 //! where the encoding of a version covers every column of its hash layout (its data and its
 //! metadata: entity, version, `valid_from`, tombstone, provenance, transaction), in order: `N`
 //! for NULL, else `V<length>:<text>`, the column's text output under pinned settings (time zone
-//! UTC, ISO dates, `extra_float_digits = 1`, hex `bytea`). [`Immutable::verify`] recomputes every chain
+//! UTC, ISO dates, `extra_float_digits = 1`, hex `bytea`). [`Immutable::verify`](crate::Immutable::verify) recomputes every chain
 //! from the stored values and reports each entity whose chain breaks, with its first bad
 //! version and why ([`Problem`]).
 //!
@@ -213,7 +213,7 @@ pub struct DigestCheck {
     pub layouts_match: bool,
 }
 
-/// The result of a verification ([`Immutable::verify`], [`verify_table`]): every entity whose chain breaks, with its first bad version and
+/// The result of a verification ([`Immutable::verify`](crate::Immutable::verify), [`verify_table`]): every entity whose chain breaks, with its first bad version and
 /// why, and what a digest says.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -427,7 +427,7 @@ async fn layouts_of(
 
 /// Takes a digest of the versioned table `table`, named as PostgreSQL reads a `regclass` (found on
 /// the connection's `search_path` unless qualified, `"Quoted"` where needed, as
-/// [`Digest::table`] names it; [`Immutable::digest`] for an entity's): which versions exist now (exactly: those of
+/// [`Digest::table`] names it; [`Immutable::digest`](crate::Immutable::digest) for an entity's): which versions exist now (exactly: those of
 /// the transactions a snapshot saw) and the hash of every entity's chain head. Reads the projection
 /// (one row per entity) in one `REPEATABLE READ` transaction, in flat memory.
 pub async fn digest_table<'c, A>(db: A, table: impl Into<String>) -> Result<Digest>
@@ -493,7 +493,7 @@ fn add_head(root: &mut Sha256, entity_id: Uuid, version: i64, hash: Option<&[u8]
 
 /// Verification of the versioned table `table`, named as PostgreSQL reads a `regclass` (found on
 /// the connection's `search_path` unless qualified, `"Quoted"` where needed, as
-/// [`Digest::table`] names it; [`Immutable::verify`] for an entity's): recomputes every entity's hash chain from
+/// [`Digest::table`] names it; [`Immutable::verify`](crate::Immutable::verify) for an entity's): recomputes every entity's hash chain from
 /// the stored values (see the [module](self)). Configure it, then `.await` it.
 pub fn verify_table<'c, A>(db: A, table: impl Into<String>) -> Verify<'c, A>
 where
@@ -504,7 +504,7 @@ where
 
 type ProgressFn<'c> = Box<dyn FnMut(&Progress) + Send + 'c>;
 
-/// A verification of a table's hash chains (see [`Immutable::verify`], [`verify_table`]); `.await` it for its [`Report`].
+/// A verification of a table's hash chains (see [`Immutable::verify`](crate::Immutable::verify), [`verify_table`]); `.await` it for its [`Report`].
 #[must_use = "a verification does nothing until it is awaited"]
 pub struct Verify<'c, A> {
     db: A,
