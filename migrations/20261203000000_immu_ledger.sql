@@ -257,11 +257,16 @@ BEGIN
     END IF;$p$, replace(replace(history::text, '%', '%%'), '''', ''''''));
     END IF;
     -- The ledger: the version's transaction and layout (its hash is computed with the projection
-    -- row's move, when valid_from is known), and the change feed's wake-up, sent at commit.
+    -- row's move, when valid_from is known), and the change feed's wake-up, sent at commit. A
+    -- transaction that will be prepared (PREPARE TRANSACTION refuses one that notified) turns the
+    -- wake-up off with SET LOCAL immu.notify = 'off': the feed then finds its versions when it next
+    -- reads, woken by another write or by its own timer.
     provenance := provenance || format($p$
     NEW.immu_xid := pg_catalog.pg_current_xact_id()::text::bigint;
     NEW.immu_layout := %s;
-    PERFORM pg_catalog.pg_notify('immu_feed_' OPERATOR(pg_catalog.||) TG_RELID, '');$p$, layout);
+    IF pg_catalog.current_setting('immu.notify', true) IS DISTINCT FROM 'off' THEN
+        PERFORM pg_catalog.pg_notify('immu_feed_' OPERATOR(pg_catalog.||) TG_RELID, '');
+    END IF;$p$, layout);
 
     update_sql := format($t$PERFORM pg_catalog.set_config('immu.writing', %5$L, true);
             UPDATE %1$s AS c SET (%2$s) = (%3$s)

@@ -17,6 +17,7 @@
 
 mod data;
 mod feed;
+mod ledger;
 mod report;
 mod run;
 mod scenarios;
@@ -218,6 +219,14 @@ async fn bench(config: &Config, server: &TestDatabase) -> Result<(), BoxError> {
         let mut conn = setup.pool.acquire().await?;
         scenarios::memory(&mut conn).await?
     };
+    let verification = ledger::verification(&setup.pool).await?;
+    eprintln!(
+        "verified {} versions in {:.2} s ({:.0}/s), digest in {:.2} s",
+        verification.versions,
+        verification.elapsed.as_secs_f64(),
+        verification.per_second(),
+        verification.digest.as_secs_f64()
+    );
     let plans = if config.explain { report::explain(&setup).await } else { Vec::new() };
     let ctx = Arc::new(Ctx::load(&setup).await?);
 
@@ -251,6 +260,11 @@ async fn bench(config: &Config, server: &TestDatabase) -> Result<(), BoxError> {
         results.push((scenario, outcome));
     }
 
+    let hash_cost = ledger::hash_cost(server, config.quick).await?;
+    eprintln!(
+        "hash chain: insert {:.0} -> {:.0} µs, update {:.0} -> {:.0} µs per version",
+        hash_cost.insert_us.0, hash_cost.insert_us.1, hash_cost.update_us.0, hash_cost.update_us.1
+    );
     let (library_balance, library_version, plain_balance) = data::hot_values(&setup.pool, ctx.hot).await?;
     let hot = Hot {
         library_balance,
@@ -274,6 +288,8 @@ async fn bench(config: &Config, server: &TestDatabase) -> Result<(), BoxError> {
         storage: &storage,
         checks: &checks,
         memory: &memory,
+        hash_cost: &hash_cost,
+        verification: &verification,
         plans: &plans,
         results: &results,
         hot: &hot,

@@ -762,7 +762,7 @@ pub(crate) struct Memory {
 }
 
 /// A field of `/proc/self/status`, in kB.
-fn status_kb(field: &str) -> u64 {
+pub(crate) fn status_kb(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
@@ -772,7 +772,7 @@ fn status_kb(field: &str) -> u64 {
 }
 
 /// Resets the peak resident set size to the current one (Linux: `5` to `/proc/self/clear_refs`).
-fn reset_peak() -> bool {
+pub(crate) fn reset_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 

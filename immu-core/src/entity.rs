@@ -526,7 +526,7 @@ pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
     where
         A: Acquire<'c, Database = Postgres> + Send + 'c,
     {
-        crate::ledger::digest_table(db, Self::TABLE.name)
+        crate::ledger::digest_table(db, crate::sql::quote(Self::TABLE.name))
     }
 
     /// Verification of the table's hash chains (and, with
@@ -537,6 +537,6 @@ pub trait Immutable: Sized + Send + Sync + Unpin + 'static {
     where
         A: Acquire<'c, Database = Postgres> + Send + 'c,
     {
-        crate::ledger::verify_table(db, Self::TABLE.name)
+        crate::ledger::verify_table(db, crate::sql::quote(Self::TABLE.name))
     }
 }

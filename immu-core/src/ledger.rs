@@ -13,7 +13,7 @@
 //! where the encoding of a version covers every column of its hash layout (its data and its
 //! metadata: entity, version, `valid_from`, tombstone, provenance, transaction), in order: `N`
 //! for NULL, else `V<length>:<text>`, the column's text output under pinned settings (time zone
-//! UTC, ISO dates, `extra_float_digits = 1`, hex `bytea`). [`Immutable::verify`] recomputes every chain
+//! UTC, ISO dates, `extra_float_digits = 1`, hex `bytea`). [`Immutable::verify`](crate::Immutable::verify) recomputes every chain
 //! from the stored values and reports each entity whose chain breaks, with its first bad
 //! version and why ([`Problem`]).
 //!
@@ -72,7 +72,7 @@ use crate::{Error, PgSnapshot, Result};
 
 /// The settings a version's encoding depends on, as immu's insert trigger pins them
 /// (`immu.hash_settings()`).
-const HASH_SETTINGS: &str = "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; \
+const HASH_SETTINGS: &str = "SET LOCAL search_path = pg_catalog, pg_temp; SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; \
      SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 1; SET LOCAL bytea_output = 'hex'";
 
 /// How many breaks a [`Report`] lists by default (it counts them all).
@@ -99,6 +99,10 @@ pub struct Digest {
     /// started after the digest, so each of its versions is valid from a later instant. (A
     /// transaction the snapshot did not see with an id before it was in flight at the digest.)
     pub next_xid: u64,
+    /// The table's newest hash layout then.
+    pub layout: i32,
+    /// sha256 over the table's hash layouts then (hex): a column renamed or dropped since shows.
+    pub layouts: String,
     /// How many entities had a version then (tombstoned ones included).
     pub entities: u64,
     /// How many versions it covers (every entity's versions up to its head then).
@@ -132,7 +136,7 @@ pub enum Problem {
     Missing,
     /// A second version with this number.
     Extra,
-    /// The version comes before an earlier version in time (`valid_from` out of order).
+    /// The version is out of order: valid from before an earlier version, or after a later one.
     Reordered,
     /// The version carries no hash, after versions that do (a row written with immu's trigger
     /// disabled).
@@ -145,6 +149,12 @@ pub enum Problem {
     /// The version was appended after the digest (its transaction had not started then) with a
     /// `valid_from` before the digest: history inserted after the fact.
     Backdated,
+    /// The version names a transaction that never committed (it was in flight at the digest, then
+    /// rolled back): no version of it can exist.
+    AbortedTransaction,
+    /// The projection's row of the entity (its latest version, with its hash) is not the chain's
+    /// last version: versions after it were removed, or the projection was changed.
+    ProjectionMismatch,
 }
 
 impl fmt::Display for Problem {
@@ -153,10 +163,14 @@ impl fmt::Display for Problem {
             Problem::ChangedContent => f.write_str("content changed since it was written"),
             Problem::Missing => f.write_str("missing"),
             Problem::Extra => f.write_str("stored twice"),
-            Problem::Reordered => f.write_str("valid from before an earlier version"),
+            Problem::Reordered => f.write_str("out of order in time (valid from after a later version)"),
             Problem::Unhashed => f.write_str("no hash, after hashed versions"),
             Problem::UnknownLayout { layout } => write!(f, "unknown hash layout {layout:?}"),
             Problem::Backdated => f.write_str("appended after the digest with an earlier valid_from"),
+            Problem::AbortedTransaction => f.write_str("recorded under a transaction that never committed"),
+            Problem::ProjectionMismatch => {
+                f.write_str("the projection holds another latest version (later versions removed?)")
+            }
         }
     }
 }
@@ -191,11 +205,15 @@ pub struct DigestCheck {
     /// Versions the digest's snapshot saw, as stored now (the digest says [`Digest::versions`]).
     pub versions: u64,
     /// Versions of transactions still running when the digest was taken, which it neither covers
-    /// nor can judge.
+    /// nor can judge (but for those whose transaction never committed).
     pub in_flight: u64,
+    /// Whether the table's hash layouts (which columns each version's hash covers, by name) are
+    /// those of the digest: a column renamed or dropped since changes them, and what the digest
+    /// covered may then be read from other columns than it was written to.
+    pub layouts_match: bool,
 }
 
-/// The result of a verification ([`Immutable::verify`], [`verify_table`]): every entity whose chain breaks, with its first bad version and
+/// The result of a verification ([`Immutable::verify`](crate::Immutable::verify), [`verify_table`]): every entity whose chain breaks, with its first bad version and
 /// why, and what a digest says.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -222,7 +240,7 @@ pub struct Report {
 impl Report {
     /// Whether nothing was found: every chain verifies, and the digest (if any) matches.
     pub fn is_intact(&self) -> bool {
-        self.broken_entities == 0 && self.digest.as_ref().is_none_or(|d| d.root_matches)
+        self.broken_entities == 0 && self.digest.as_ref().is_none_or(|d| d.root_matches && d.layouts_match)
     }
 
     /// Versions checked per second.
@@ -278,6 +296,12 @@ impl fmt::Display for Report {
                     d.versions, d.entities
                 )?;
             }
+            if !d.layouts_match {
+                f.write_str(
+                    "\n  digest: the table's columns were renamed or dropped since it was taken (its hash layouts \
+                     differ): check that each change in immu.hash_layouts is yours",
+                )?;
+            }
             if d.in_flight > 0 {
                 write!(f, "; {} versions of transactions in flight at the digest not judged", d.in_flight)?;
             }
@@ -306,14 +330,112 @@ impl Progress {
     }
 }
 
-/// Takes a digest of the versioned table named `table` (unqualified, found on the connection's
-/// `search_path`; [`Immutable::digest`] for an entity's): which versions exist now (exactly: those of
+/// A row of `immu.hash_layouts`: layout, encoding, columns, created_at.
+type LayoutRow = (i32, i32, Vec<Option<String>>, DateTime<Utc>);
+
+/// A versioned table found by name, with `search_path` pinned afterwards.
+struct Opened {
+    /// The history, schema-qualified and quoted (`regclass` text under a pinned path).
+    table: String,
+    /// The projection, likewise.
+    projection: String,
+    /// PostgreSQL's estimate of the history's rows.
+    estimated: f32,
+}
+
+/// Finds the versioned table `table` on the connection's `search_path` (as the application's own
+/// statements do), then pins `search_path` to `pg_catalog, pg_temp` for the rest of the
+/// transaction, so that the statements and the text output of every column (`regclass` values)
+/// are those of immu's insert trigger, and nothing on the caller's path can stand in for them.
+async fn open_table(tx: &mut sqlx::PgConnection, table: &str) -> Result<Opened> {
+    let oid: Option<sqlx::postgres::types::Oid> =
+        sqlx::query_scalar("SELECT to_regclass($1)::oid").bind(table).fetch_one(&mut *tx).await?;
+    let Some(oid) = oid else { return Err(Error::MissingTable { table: table.to_owned() }) };
+    sqlx::raw_sql(HASH_SETTINGS).execute(&mut *tx).await?;
+    let found: Option<(String, String, f32)> = sqlx::query_as(
+        "SELECT v.table_name::text, v.projection::text, c.reltuples FROM immu.versioned_tables v \
+         JOIN pg_catalog.pg_class c ON c.oid = v.table_name WHERE v.table_name = $1",
+    )
+    .bind(oid)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((table_name, projection, estimated)) = found else {
+        return Err(Error::SchemaDrift {
+            table: table.to_owned(),
+            differences: vec![crate::schema::Difference::new(
+                format!("{table} is not a versioned table: it has no hash chains"),
+                format!("SELECT immu.add_versioning('{table}');"),
+            )],
+        });
+    };
+    Ok(Opened { table: table_name, projection, estimated })
+}
+
+/// Refuses a table whose versions carry transaction ids this cluster has not reached: its history
+/// was restored from another cluster (`pg_dump`), and snapshots here would judge them wrongly.
+async fn refuse_foreign_transactions(tx: &mut sqlx::PgConnection, opened: &Opened) -> Result<()> {
+    let (newest, reached): (Option<i64>, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT max(immu_xid), pg_snapshot_xmax(pg_current_snapshot())::text::bigint FROM {}",
+        opened.projection
+    )))
+    .fetch_one(&mut *tx)
+    .await?;
+    match newest {
+        Some(x) if x >= reached => Err(Error::InvalidDigest {
+            reason: format!(
+                "{} holds versions of transaction {x}, and this cluster has only reached {reached}: its history \
+                 was restored from another cluster (pg_dump), where digests were taken. Verify the chains alone \
+                 (no digest), and advance this cluster's transaction id past {x} (pg_resetwal -x) before taking \
+                 digests here",
+                opened.table
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The table's newest hash layout (up to `up_to`, if given), a hash over its layouts up to it
+/// (hex), and when its first layout was made (hashing started then: nothing written since is
+/// unhashed).
+async fn layouts_of(
+    tx: &mut sqlx::PgConnection,
+    table: &str,
+    up_to: Option<i32>,
+) -> Result<(i32, String, Option<DateTime<Utc>>)> {
+    let rows: Vec<LayoutRow> = sqlx::query_as(
+        "SELECT layout, encoding, columns, created_at FROM immu.hash_layouts \
+         WHERE table_name = $1::regclass AND ($2::int IS NULL OR layout <= $2) ORDER BY layout",
+    )
+    .bind(table)
+    .bind(up_to)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut h = Sha256::new();
+    for (layout, encoding, columns, created_at) in &rows {
+        h.update(format!("{layout}:{encoding}:{}:", created_at.timestamp_micros()));
+        for c in columns {
+            match c {
+                Some(c) => h.update(format!("V{}:{c}", c.chars().count())),
+                None => h.update("N"),
+            }
+        }
+        h.update(";");
+    }
+    let newest = rows.last().map_or(0, |r| r.0);
+    Ok((newest, hex::encode(h.finalize()), rows.first().map(|r| r.3)))
+}
+
+/// Takes a digest of the versioned table `table`, named as PostgreSQL reads a `regclass` (found on
+/// the connection's `search_path` unless qualified, `"Quoted"` where needed, as
+/// [`Digest::table`] names it; [`Immutable::digest`](crate::Immutable::digest) for an entity's): which versions exist now (exactly: those of
 /// the transactions a snapshot saw) and the hash of every entity's chain head. Reads the projection
 /// (one row per entity) in one `REPEATABLE READ` transaction, in flat memory.
-pub async fn digest_table<'c, A>(db: A, table: &str) -> Result<Digest>
+pub async fn digest_table<'c, A>(db: A, table: impl Into<String>) -> Result<Digest>
 where
     A: Acquire<'c, Database = Postgres> + Send + 'c,
 {
+    let table: String = table.into();
+    let table = table.as_str();
     let mut conn = db.acquire().await?;
     // The clock before the snapshot, and a transaction id assigned after it (a transaction of its
     // own, which writes nothing): every transaction from that id on starts, and writes, later. The
@@ -324,15 +446,12 @@ where
     let next_xid: i64 =
         sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint").fetch_one(&mut *conn).await?;
     let mut tx = conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
-    let (snapshot, regclass): (String, String) =
-        sqlx::query_as("SELECT pg_current_snapshot()::text, $1::regclass::text")
-            .bind(quote(table))
-            .fetch_one(&mut *tx)
-            .await?;
-    let sql = format!(
-        "SELECT entity_id, version, immu_hash FROM {} ORDER BY entity_id",
-        quote(&crate::sql::current_table_name(table))
-    );
+    let snapshot: String =
+        sqlx::query_scalar("SELECT pg_current_snapshot()::text").fetch_one(&mut *tx).await?;
+    let opened = open_table(&mut tx, table).await?;
+    refuse_foreign_transactions(&mut tx, &opened).await?;
+    let (layout, layouts, _) = layouts_of(&mut tx, &opened.table, None).await?;
+    let sql = format!("SELECT entity_id, version, immu_hash FROM {} ORDER BY entity_id", opened.projection);
     let mut root = Sha256::new();
     let (mut entities, mut versions) = (0u64, 0u64);
     {
@@ -347,10 +466,12 @@ where
     }
     tx.commit().await?;
     Ok(Digest {
-        table: regclass,
+        table: opened.table,
         taken_at,
         snapshot: snapshot.parse()?,
         next_xid: next_xid as u64,
+        layout,
+        layouts,
         entities,
         versions,
         root: hex::encode(root.finalize()),
@@ -370,19 +491,20 @@ fn add_head(root: &mut Sha256, entity_id: Uuid, version: i64, hash: Option<&[u8]
     }
 }
 
-/// Verification of the versioned table named `table` (unqualified, found on the connection's
-/// `search_path`; [`Immutable::verify`] for an entity's): recomputes every entity's hash chain from
+/// Verification of the versioned table `table`, named as PostgreSQL reads a `regclass` (found on
+/// the connection's `search_path` unless qualified, `"Quoted"` where needed, as
+/// [`Digest::table`] names it; [`Immutable::verify`](crate::Immutable::verify) for an entity's): recomputes every entity's hash chain from
 /// the stored values (see the [module](self)). Configure it, then `.await` it.
-pub fn verify_table<'c, A>(db: A, table: &str) -> Verify<'c, A>
+pub fn verify_table<'c, A>(db: A, table: impl Into<String>) -> Verify<'c, A>
 where
     A: Acquire<'c, Database = Postgres> + Send + 'c,
 {
-    Verify { db, table: table.to_owned(), digest: None, progress: None, max_breaks: DEFAULT_MAX_BREAKS }
+    Verify { db, table: table.into(), digest: None, progress: None, max_breaks: DEFAULT_MAX_BREAKS }
 }
 
 type ProgressFn<'c> = Box<dyn FnMut(&Progress) + Send + 'c>;
 
-/// A verification of a table's hash chains (see [`Immutable::verify`], [`verify_table`]); `.await` it for its [`Report`].
+/// A verification of a table's hash chains (see [`Immutable::verify`](crate::Immutable::verify), [`verify_table`]); `.await` it for its [`Report`].
 #[must_use = "a verification does nothing until it is awaited"]
 pub struct Verify<'c, A> {
     db: A,
@@ -440,6 +562,8 @@ struct Chain {
     broken: bool,
     // The head the digest's snapshot saw: version and stored hash.
     head: Option<(i64, Option<Vec<u8>>)>,
+    // The last version read (in time order): version and stored hash.
+    tail: (i64, Option<Vec<u8>>),
 }
 
 async fn run_verify<'c, A>(
@@ -455,13 +579,8 @@ where
     let started = Instant::now();
     let mut conn = db.acquire().await?;
     let mut tx = conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
-    sqlx::raw_sql(HASH_SETTINGS).execute(&mut *tx).await?;
-    let (regclass, estimated): (String, f32) = sqlx::query_as(
-        "SELECT c.oid::regclass::text, c.reltuples FROM pg_class c WHERE c.oid = $1::regclass",
-    )
-    .bind(quote(&table))
-    .fetch_one(&mut *tx)
-    .await?;
+    let opened = open_table(&mut tx, &table).await?;
+    let (regclass, estimated) = (opened.table.clone(), opened.estimated);
     if let Some(d) = &digest
         && d.table != regclass
     {
@@ -469,14 +588,22 @@ where
             reason: format!("the digest is of table {}, not of {regclass}", d.table),
         });
     }
+    if digest.is_some() {
+        refuse_foreign_transactions(&mut tx, &opened).await?;
+    }
+    let (_, _, hashing_since) = layouts_of(&mut tx, &regclass, None).await?;
+    let layouts_then = match &digest {
+        Some(d) => Some(layouts_of(&mut tx, &regclass, Some(d.layout)).await?.1),
+        None => None,
+    };
     let layout_rows: Vec<(i32, i32, Vec<Option<String>>)> = sqlx::query_as(
         "SELECT layout, encoding, columns FROM immu.hash_layouts WHERE table_name = $1::regclass ORDER BY layout",
     )
-    .bind(quote(&table))
+    .bind(&regclass)
     .fetch_all(&mut *tx)
     .await?;
     let existing: Vec<String> = sqlx::query_scalar("SELECT name FROM immu.columns_of($1::regclass)")
-        .bind(quote(&table))
+        .bind(&regclass)
         .fetch_all(&mut *tx)
         .await?;
     // The columns read as text: every column a layout names that still exists.
@@ -510,25 +637,31 @@ where
     let sql = format!(
         "SELECT h.entity_id, h.version, h.valid_from, h.immu_xid, h.immu_layout, h.immu_hash{select_text} \
          FROM ONLY {} AS h ORDER BY h.entity_id, h.valid_from, h.version",
-        quote(&table)
+        regclass
     );
 
     let mut report = Report {
-        table: regclass,
+        table: regclass.clone(),
         entities: 0,
         versions: 0,
         unhashed: 0,
         breaks: Vec::new(),
         broken_entities: 0,
-        digest: digest.as_ref().map(|_| DigestCheck {
+        digest: digest.as_ref().map(|d| DigestCheck {
             root_matches: false,
             entities: 0,
             versions: 0,
             in_flight: 0,
+            layouts_match: layouts_then.as_deref() == Some(d.layouts.as_str()),
         }),
         elapsed: Duration::ZERO,
     };
     let mut root = RootBuilder { hash: Sha256::new(), entities: 0 };
+    // Every chain's last version in time order, to compare with the projection's rows.
+    let mut tails = Sha256::new();
+    // Versions of transactions in flight at the digest (judged at the end: a transaction that never
+    // committed has no versions).
+    let mut in_flight: Vec<(Uuid, i64, i64)> = Vec::new();
     let mut chain: Option<Chain> = None;
     let mut values: Vec<Option<String>> = vec![None; read.len()];
     let mut encoding = Vec::with_capacity(256);
@@ -548,7 +681,7 @@ where
 
             if chain.as_ref().is_none_or(|c| c.entity_id != entity_id) {
                 if let Some(done) = chain.take() {
-                    finish_entity(done, &mut root);
+                    finish_entity(done, &mut root, &mut tails);
                 }
                 report.entities += 1;
                 chain = Some(Chain {
@@ -558,9 +691,11 @@ where
                     last_hash: None,
                     broken: false,
                     head: None,
+                    tail: (0, None),
                 });
             }
             let c = chain.as_mut().expect("an entity being read");
+            c.tail = (version, hash.clone());
 
             // What the digest saw, and what was appended after it.
             if let (Some(d), Some(check)) = (&digest, report.digest.as_mut()) {
@@ -579,6 +714,11 @@ where
                     }
                 } else {
                     check.in_flight += 1;
+                    if let Some(x) = xid
+                        && in_flight.len() < 10_000
+                    {
+                        in_flight.push((entity_id, version, x));
+                    }
                 }
             }
             if hash.is_none() {
@@ -594,12 +734,21 @@ where
             } else if version < c.last_version {
                 Some((version, Problem::Reordered))
             } else if version > c.last_version + 1 {
+                // Missing, or stored later in time order (reordered): told apart at the end.
                 Some((c.last_version + 1, Problem::Missing))
             } else if c.last_version > 0 && valid_from < c.last_valid_from {
                 Some((version, Problem::Reordered))
             } else {
                 match (&hash, layout) {
-                    (None, _) if c.last_hash.is_some() => Some((version, Problem::Unhashed)),
+                    // Unhashed after hashed versions, or written since the table's hashing started
+                    // (its first layout), or by a transaction immu's trigger stamped.
+                    (None, _)
+                        if c.last_hash.is_some()
+                            || xid.is_some()
+                            || hashing_since.is_some_and(|t| valid_from >= t) =>
+                    {
+                        Some((version, Problem::Unhashed))
+                    }
                     (None, _) => None,
                     (Some(stored), layout) => match layouts.iter().find(|l| Some(l.layout) == layout) {
                         None => Some((version, Problem::UnknownLayout { layout })),
@@ -653,7 +802,76 @@ where
         }
     }
     if let Some(done) = chain.take() {
-        finish_entity(done, &mut root);
+        finish_entity(done, &mut root, &mut tails);
+    }
+    // The projection holds every chain's head: versions removed after it show there.
+    let mut heads = Sha256::new();
+    {
+        let sql =
+            format!("SELECT entity_id, version, immu_hash FROM {} ORDER BY entity_id", opened.projection);
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(&mut *tx);
+        while let Some(row) = rows.try_next().await? {
+            let (entity_id, version, hash): (Uuid, i64, Option<Vec<u8>>) =
+                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+            add_head(&mut heads, entity_id, version, hash.as_deref());
+        }
+    }
+    if heads.finalize() != tails.finalize() {
+        let sql = format!(
+            "SELECT p.entity_id, p.version FROM {projection} AS p \
+             LEFT JOIN LATERAL (SELECT h.version, h.immu_hash FROM ONLY {table} AS h WHERE h.entity_id = p.entity_id \
+                                ORDER BY h.valid_from DESC, h.version DESC LIMIT 1) AS h ON true \
+             WHERE h.version IS DISTINCT FROM p.version OR h.immu_hash IS DISTINCT FROM p.immu_hash \
+             UNION ALL \
+             SELECT DISTINCT h.entity_id, NULL::bigint FROM ONLY {table} AS h \
+             WHERE NOT EXISTS (SELECT FROM {projection} AS p WHERE p.entity_id = h.entity_id)",
+            projection = opened.projection,
+            table = regclass
+        );
+        let differing: Vec<(Uuid, Option<i64>)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&mut *tx).await?;
+        for (entity_id, version) in differing {
+            if !report.breaks.iter().any(|b| b.entity_id == entity_id) {
+                record(&mut report, max_breaks, entity_id, version.unwrap_or(0), Problem::ProjectionMismatch);
+            }
+        }
+    }
+    // Versions of transactions that were in flight at the digest and never committed.
+    if !in_flight.is_empty() {
+        let mut xids: Vec<i64> = in_flight.iter().map(|v| v.2).collect();
+        xids.sort_unstable();
+        xids.dedup();
+        let aborted: Vec<i64> = sqlx::query_scalar(
+            "SELECT x FROM unnest($1::bigint[]) AS x WHERE pg_xact_status(x::text::xid8) = 'aborted'",
+        )
+        .bind(&xids)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (entity_id, version, x) in in_flight {
+            if aborted.contains(&x) && !report.breaks.iter().any(|b| b.entity_id == entity_id) {
+                record(&mut report, max_breaks, entity_id, version, Problem::AbortedTransaction);
+            }
+        }
+    }
+    // A break read in time order is told apart once the whole table was read: a version the chain
+    // skipped that is stored elsewhere in the entity's history was reordered (it is valid from a
+    // later instant than a later version), one stored twice is extra.
+    let resolve =
+        format!("SELECT count(*) FROM ONLY {regclass} AS h WHERE h.entity_id = $1 AND h.version = $2");
+    for b in &mut report.breaks {
+        if matches!(b.problem, Problem::Missing | Problem::Reordered) {
+            let copies: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(resolve.clone()))
+                .bind(b.entity_id)
+                .bind(b.version)
+                .fetch_one(&mut *tx)
+                .await?;
+            b.problem = match (&b.problem, copies) {
+                (Problem::Missing, 0) => Problem::Missing,
+                (Problem::Missing, _) => Problem::Reordered,
+                (_, 2..) => Problem::Extra,
+                (other, _) => other.clone(),
+            };
+        }
     }
     tx.commit().await?;
     if let (Some(d), Some(check)) = (&digest, report.digest.as_mut()) {
@@ -681,12 +899,14 @@ fn record(report: &mut Report, max_breaks: usize, entity_id: Uuid, version: i64,
     }
 }
 
-/// Adds an entity's head as the digest's snapshot saw it to the root being recomputed.
-fn finish_entity(chain: Chain, root: &mut RootBuilder) {
+/// Adds an entity's head as the digest's snapshot saw it to the root being recomputed, and its
+/// chain's last version to the tails.
+fn finish_entity(chain: Chain, root: &mut RootBuilder, tails: &mut Sha256) {
     if let Some((version, hash)) = chain.head {
         add_head(&mut root.hash, chain.entity_id, version, hash.as_deref());
         root.entities += 1;
     }
+    add_head(tails, chain.entity_id, chain.tail.0, chain.tail.1.as_deref());
 }
 
 /// The root of the heads a digest's snapshot saw, being recomputed.

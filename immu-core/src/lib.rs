@@ -120,6 +120,14 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Proving history
+//!
+//! Each entity's versions form a hash chain the database computes on insert. [`Immutable::verify`]
+//! recomputes every chain and reports each break ([`ledger::Report`]); [`Immutable::digest`]
+//! takes a [`ledger::Digest`] to keep outside the database, which a later verification checks
+//! (`.against(&digest)`): nothing it covered changed, disappeared or was back-dated, even by a
+//! superuser. See [`ledger`].
+//!
 //! ## Answers
 //!
 //! A missing or deleted entity gets one answer per kind of call, whatever the call:

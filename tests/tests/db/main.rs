@@ -15,6 +15,7 @@ mod feed;
 mod import;
 mod joins;
 mod ledger;
+mod ledger_attacks;
 mod queries;
 mod raw_sql;
 mod reads;
@@ -45,6 +46,7 @@ fn main() -> std::process::ExitCode {
             audit::tests(),
             feed::tests(),
             ledger::tests(),
+            ledger_attacks::tests(),
         ]
         .into_iter()
         .flatten()
