@@ -673,10 +673,13 @@ impl<T: Immutable> Feed<T> {
         }
         let upto = cursor.within.as_ref().map_or(now, |w| w.upto.clone());
         // The left join's row when the interval holds nothing (more) has no version.
-        let rows: Vec<&PgRow> = rows
-            .iter()
-            .filter(|r| matches!(r.try_get::<Option<Uuid>, _>(FIRST_COLUMN), Ok(Some(_))))
-            .collect();
+        let mut versions: Vec<&PgRow> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row.try_get::<Option<Uuid>, _>(FIRST_COLUMN)?.is_some() {
+                versions.push(row);
+            }
+        }
+        let rows = versions;
         let more = rows.len() > self.batch_size;
         let count = rows.len().min(self.batch_size);
         let mut changes = Vec::with_capacity(count);
