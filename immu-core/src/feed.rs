@@ -98,7 +98,9 @@
 //! * Reads from the primary. A hot standby's snapshots do not list running transactions the same
 //!   way: the feed refuses to read from one ([`FeedError::Standby`]).
 //! * Prepared transactions (two-phase commit) count as running until `COMMIT PREPARED`, and are
-//!   delivered in the interval in which that commit becomes visible.
+//!   delivered in the interval in which that commit becomes visible. They cannot notify
+//!   (PostgreSQL refuses to prepare a transaction that did: they write with
+//!   `SET LOCAL immu.notify = 'off'`), so a live feed finds them at its next poll.
 //! * Versions written before machinery release 4 have no `immu_xid`; they count as committed
 //!   before every snapshot: [`Cursor::beginning`] delivers them (first, in its first interval),
 //!   any other cursor has seen them.

@@ -24,6 +24,7 @@ immu_tests::tests![
     a_cursor_from_another_server_is_refused,
     versions_written_before_release_4_are_delivered_from_the_beginning,
     the_stream_yields_each_change_and_follows_live_writes,
+    a_prepared_transaction_is_delivered_when_it_commits,
 ];
 
 /// A guard against a hang (never a timing assertion): far longer than any wait should be.
@@ -497,4 +498,51 @@ async fn the_stream_yields_each_change_and_follows_live_writes(db: Db) -> TestRe
     assert_eq!(change.version, pending.await??);
     assert_eq!((change.kind, change.version), (ChangeKind::Updated, 3));
     Ok(())
+}
+
+/// Two-phase commit: a prepared transaction counts as running (it is in every snapshot's running
+/// list) until `COMMIT PREPARED`, then is delivered; it cannot notify (PostgreSQL refuses to
+/// prepare a transaction that did, so it writes with `immu.notify = 'off'`), and the poll interval
+/// delivers it. On a server of its own (`max_prepared_transactions`).
+async fn a_prepared_transaction_is_delivered_when_it_commits(_db: Db) -> TestResult {
+    let server = tokio::task::spawn_blocking(|| {
+        immu_testdb::TempPostgres::builder().setting("max_prepared_transactions", "4").start()
+    })
+    .await??;
+    let outcome = async {
+        let admin: sqlx::postgres::PgConnectOptions = server.url().parse()?;
+        let mut conn = sqlx::ConnectOptions::connect(&admin).await?;
+        sqlx::raw_sql("CREATE DATABASE twophase").execute(&mut conn).await?;
+        conn.close().await?;
+        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect_with(admin.database("twophase")).await?;
+        immu_core::MIGRATOR.run(&pool).await?;
+        immu_tests::MIGRATOR.run(&pool).await?;
+        let prepare = |name: &str| {
+            format!(
+                "BEGIN; SET LOCAL immu.notify = 'off'; INSERT INTO accounts (id, entity_id, version, owner, balance) \
+                 VALUES (gen_random_uuid(), gen_random_uuid(), 1, '{name}', 1); PREPARE TRANSACTION '{name}'"
+            )
+        };
+        let mut feed = Account::feed(&pool).from(Cursor::now(&pool).await?);
+        // Prepared first (its version stamped first), then another transaction commits.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(prepare("p1"))).execute(&pool).await?;
+        let later = Account::insert(&pool, Account::new("later", 0)).await?;
+        let first = drain(&mut feed).await?;
+        assert_eq!(first.iter().map(|c| c.id).collect::<Vec<_>>(), [later.id], "the prepared one is running");
+        sqlx::raw_sql("COMMIT PREPARED 'p1'").execute(&pool).await?;
+        let second = drain(&mut feed).await?;
+        assert_eq!(second.iter().map(|c| c.owner.as_str()).collect::<Vec<_>>(), ["p1"]);
+        // Live, without a notification: the poll interval delivers it.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(prepare("p2"))).execute(&pool).await?;
+        let mut feed = feed.poll_interval(Duration::from_millis(100));
+        let waiting = tokio::spawn(async move { feed.next_batch().await });
+        sqlx::raw_sql("COMMIT PREPARED 'p2'").execute(&pool).await?;
+        let third = tokio::time::timeout(HANG, waiting).await???;
+        assert_eq!(third.iter().map(|c| c.owner.as_str()).collect::<Vec<_>>(), ["p2"]);
+        pool.close().await;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    }
+    .await;
+    tokio::task::spawn_blocking(move || server.stop()).await??;
+    outcome
 }
