@@ -128,6 +128,13 @@
 //! (`.against(&digest)`): nothing it covered changed, disappeared or was back-dated, even by a
 //! superuser. See [`ledger`].
 //!
+//! ## Following changes
+//!
+//! [`Immutable::feed`] delivers every version appended to an entity's table, once, in commit
+//! order, from a [`Cursor`] the consumer stores with its effects (exactly-once): a catch-up from
+//! history, then live, woken by `LISTEN`. The cursor is a PostgreSQL snapshot, so a transaction
+//! that writes first and commits last is delivered too. See [`feed`].
+//!
 //! ## Answers
 //!
 //! A missing or deleted entity gets one answer per kind of call, whatever the call:
