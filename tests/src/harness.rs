@@ -106,6 +106,29 @@ impl Db {
     pub async fn pool(&self, max: u32) -> sqlx::Result<PgPool> {
         app_pool(&self.options, max).await
     }
+
+    /// Runs `sql` as a superuser (the owner's connection, checked) with every trigger on the
+    /// versioned table `table` and its projection disabled, then puts them back as immu keeps
+    /// them, in one transaction: what an attacker with the keys to the server does (the tamper
+    /// tests).
+    pub async fn tamper(&self, table: &str, sql: &str) -> TestResult {
+        let mut conn = self.connect_owner().await?;
+        let is_super: bool = sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(&mut conn)
+            .await?;
+        assert!(is_super, "tampering runs as a superuser");
+        let mut tx = conn.begin().await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "ALTER TABLE {table} DISABLE TRIGGER ALL; ALTER TABLE {table}_current DISABLE TRIGGER ALL; {sql}; \
+             ALTER TABLE {table} ENABLE TRIGGER ALL, ENABLE ALWAYS TRIGGER immu_check_insert, \
+                 ENABLE ALWAYS TRIGGER immu_append_only, ENABLE ALWAYS TRIGGER immu_append_only_rows; \
+             ALTER TABLE {table}_current ENABLE TRIGGER ALL, ENABLE ALWAYS TRIGGER immu_projection;"
+        )))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 /// A pool whose connections act as [`APP_ROLE`].

@@ -31,28 +31,6 @@ async fn intact(
     Ok(report)
 }
 
-/// Runs `sql` as a superuser with every trigger on `table` and its projection disabled (and the
-/// projection's row security off), then puts them back: what an attacker with the keys to the
-/// server does.
-async fn as_superuser_without_triggers(db: &Db, table: &str, sql: &str) -> TestResult {
-    let mut conn = db.connect_owner().await?;
-    let is_super: bool = sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
-        .fetch_one(&mut conn)
-        .await?;
-    assert!(is_super, "the tamper matrix runs as a superuser");
-    let mut tx = conn.begin().await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "ALTER TABLE {table} DISABLE TRIGGER ALL; ALTER TABLE {table}_current DISABLE TRIGGER ALL; {sql}; \
-         ALTER TABLE {table} ENABLE TRIGGER ALL, ENABLE ALWAYS TRIGGER immu_check_insert, \
-             ENABLE ALWAYS TRIGGER immu_append_only, ENABLE ALWAYS TRIGGER immu_append_only_rows; \
-         ALTER TABLE {table}_current ENABLE TRIGGER ALL, ENABLE ALWAYS TRIGGER immu_projection;"
-    )))
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(())
-}
-
 async fn every_kind_of_write_chains_and_verifies(db: Db) -> TestResult {
     let pool = &db.pool;
     let a = Account::insert(pool, Account::new("ada", 10)).await?;
@@ -224,23 +202,16 @@ async fn the_tamper_matrix_is_detected(db: Db) -> TestResult {
     Account::modify(pool, ids[9], |x| x.balance += 1).await?;
 
     // 1. A value changed in place.
-    as_superuser_without_triggers(
-        &db,
+    db.tamper(
         "accounts",
         &format!("UPDATE accounts SET balance = 1000000 WHERE entity_id = '{}' AND version = 2", ids[0]),
     )
     .await?;
     // 2. A middle version deleted.
-    as_superuser_without_triggers(
-        &db,
-        "accounts",
-        &format!("DELETE FROM accounts WHERE entity_id = '{}' AND version = 2", ids[1]),
-    )
-    .await?;
+    db.tamper("accounts", &format!("DELETE FROM accounts WHERE entity_id = '{}' AND version = 2", ids[1]))
+        .await?;
     // 3. A version inserted with an old valid_from, before the entity's latest.
-    as_superuser_without_triggers(
-        &db,
-        "accounts",
+    db.tamper("accounts",
         &format!(
             "CREATE TEMP TABLE copied AS SELECT * FROM accounts WHERE entity_id = '{0}' AND version = 2; \
              UPDATE copied SET version = 5, valid_from = valid_from + interval '1 microsecond', id = gen_random_uuid(); \
@@ -268,9 +239,7 @@ async fn the_tamper_matrix_is_detected(db: Db) -> TestResult {
     }
     // 5. A whole chain rewritten after an edit: removed, then imported again through immu's own
     //    trigger (valid hashes) with its original valid_from and one value changed.
-    as_superuser_without_triggers(
-        &db,
-        "accounts",
+    db.tamper("accounts",
         &format!(
             "CREATE TABLE rewritten AS SELECT * FROM accounts WHERE entity_id = '{0}'; \
              DELETE FROM accounts WHERE entity_id = '{0}'; DELETE FROM accounts_current WHERE entity_id = '{0}'",
@@ -289,9 +258,7 @@ async fn the_tamper_matrix_is_detected(db: Db) -> TestResult {
     .await?;
     // 5'. A chain re-hashed in place after an edit, by someone who knows the hash algorithm:
     //    every hash recomputed, transactions and valid_from kept.
-    as_superuser_without_triggers(
-        &db,
-        "accounts",
+    db.tamper("accounts",
         &format!(
             r#"SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL extra_float_digits = 1;
             UPDATE accounts SET balance = 999 WHERE entity_id = '{0}' AND version = 2;
@@ -313,8 +280,7 @@ async fn the_tamper_matrix_is_detected(db: Db) -> TestResult {
     )
     .await?;
     // 3'. A version stored twice (a copy of version 2 under the same number, 1 µs later).
-    as_superuser_without_triggers(
-        &db,
+    db.tamper(
         "accounts",
         &format!(
             "CREATE TEMP TABLE twice AS SELECT * FROM accounts WHERE entity_id = '{0}' AND version = 2; \
@@ -325,8 +291,7 @@ async fn the_tamper_matrix_is_detected(db: Db) -> TestResult {
     )
     .await?;
     // 6. Two entities' versions swapped.
-    as_superuser_without_triggers(
-        &db,
+    db.tamper(
         "accounts",
         &format!(
             "UPDATE accounts SET entity_id = CASE entity_id WHEN '{0}' THEN '{1}'::uuid ELSE '{0}'::uuid END \
@@ -365,9 +330,7 @@ async fn the_tamper_matrix_is_detected(db: Db) -> TestResult {
     assert!(!check.root_matches, "{report}");
 
     // 7. The table truncated and reloaded from an edited dump (every row, one value edited).
-    as_superuser_without_triggers(
-        &db,
-        "accounts",
+    db.tamper("accounts",
         &format!(
             "CREATE TEMP TABLE dump AS SELECT * FROM accounts; CREATE TEMP TABLE dump_current AS SELECT * FROM accounts_current; \
              UPDATE dump SET owner = 'mallory' WHERE entity_id = '{0}' AND version = 1; \

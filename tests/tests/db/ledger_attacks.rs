@@ -26,23 +26,6 @@ immu_tests::tests![
     a_transaction_that_writes_a_version_can_be_prepared,
 ];
 
-/// Runs `sql` as a superuser with every trigger on `table` and its projection disabled, then
-/// puts them back (as `ledger.rs`'s tamper matrix does).
-async fn as_superuser_without_triggers(db: &Db, table: &str, sql: &str) -> TestResult {
-    let mut conn = db.connect_owner().await?;
-    let mut tx = conn.begin().await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "ALTER TABLE {table} DISABLE TRIGGER ALL; ALTER TABLE {table}_current DISABLE TRIGGER ALL; {sql}; \
-         ALTER TABLE {table} ENABLE TRIGGER ALL, ENABLE ALWAYS TRIGGER immu_check_insert, \
-             ENABLE ALWAYS TRIGGER immu_append_only, ENABLE ALWAYS TRIGGER immu_append_only_rows; \
-         ALTER TABLE {table}_current ENABLE TRIGGER ALL, ENABLE ALWAYS TRIGGER immu_projection;"
-    )))
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(())
-}
-
 /// SQL that recomputes every hash of `entity`'s chain in `table` (and its projection row's), as
 /// anyone who reads the module docs can: what an attacker runs after editing a chain.
 fn rehash(table: &str, entity: Uuid) -> String {
@@ -138,9 +121,7 @@ async fn a_backdated_entity_under_an_in_flight_transaction_is_detected(db: Db) -
     )))
     .execute(&db.owner)
     .await?;
-    as_superuser_without_triggers(
-        &db,
-        "accounts",
+    db.tamper("accounts",
         &format!(
             "UPDATE accounts SET immu_xid = {in_flight}, immu_actor = NULL, immu_db_user = 'immu_test_app' \
              WHERE entity_id = '{forged}'; \
@@ -314,8 +295,7 @@ async fn deleting_an_entitys_newest_version_is_detected_without_a_digest(db: Db)
     let a = Account::insert(pool, Account::new("ada", 100)).await?;
     Account::modify(pool, a.entity_id, |x| x.balance = 0).await?;
     Account::modify(pool, a.entity_id, |x| x.balance = 1_000_000).await?;
-    as_superuser_without_triggers(
-        &db,
+    db.tamper(
         "accounts",
         &format!("DELETE FROM accounts WHERE entity_id = '{}' AND version = 3", a.entity_id),
     )
@@ -340,9 +320,7 @@ async fn stripping_the_hashes_of_a_table_hashed_since_its_creation_is_detected(d
     let pool = &db.pool;
     let a = Account::insert(pool, Account::new("ada", 100)).await?;
     Account::modify(pool, a.entity_id, |x| x.balance = 150).await?;
-    as_superuser_without_triggers(
-        &db,
-        "accounts",
+    db.tamper("accounts",
         "UPDATE accounts SET immu_hash = NULL, immu_xid = NULL, immu_layout = NULL, balance = balance * 1000; \
          UPDATE accounts_current SET immu_hash = NULL, immu_xid = NULL, immu_layout = NULL, balance = balance * 1000",
     )
@@ -483,8 +461,7 @@ async fn a_shadow_table_on_the_verifiers_search_path_is_not_verified_instead(db:
     .execute(&db.owner)
     .await?;
     // ... and rewrites history in the real one.
-    as_superuser_without_triggers(
-        &db,
+    db.tamper(
         "public.accounts",
         &format!(
             "UPDATE public.accounts SET balance = 1000000 WHERE entity_id = '{}' AND version = 1",
