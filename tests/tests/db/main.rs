@@ -12,6 +12,7 @@ mod demo;
 mod drift;
 mod evolution;
 mod feed;
+mod feed_review;
 mod import;
 mod joins;
 mod ledger;
@@ -45,6 +46,7 @@ fn main() -> std::process::ExitCode {
             sqlx_cli::tests(),
             audit::tests(),
             feed::tests(),
+            feed_review::tests(),
             ledger::tests(),
             ledger_attacks::tests(),
         ]
