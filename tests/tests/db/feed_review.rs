@@ -29,6 +29,9 @@ immu_tests::tests![
     feed_review_an_import_is_delivered_once,
     feed_review_verify_table_takes_quoted_and_qualified_names,
     feed_review_verify_or_digest_in_a_callers_transaction_keeps_it_atomic,
+    feed_review_notify_does_not_serialize_durable_commits,
+    feed_review_the_readme_example_reports_a_removed_entity,
+    feed_review_poll_interval_max_still_follows,
 ];
 
 const HANG: Duration = Duration::from_secs(60);
@@ -516,5 +519,105 @@ async fn feed_review_verify_or_digest_in_a_callers_transaction_keeps_it_atomic(d
             if commit { "committed" } else { "rolled back" }
         );
     }
+    Ok(())
+}
+
+/// The insert trigger's `pg_notify` makes every writing transaction take PostgreSQL's global
+/// NOTIFY lock at commit (`PreCommit_Notify`: `LockSharedObject(DatabaseRelationId, ...,
+/// AccessExclusiveLock)`, held until the commit is done, WAL flush included), so notifying
+/// commits of the whole cluster are serialized and group commit cannot batch their flushes.
+/// BENCHMARKS.md measures with `synchronous_commit=off`, which hides it. Measured here on a
+/// durable server with the defaults (`fsync`, `synchronous_commit=on`): 16 clients, one-row
+/// transactions into a plain table whose trigger notifies like immu's, against the same trigger
+/// without the notify. (A measurement: the assertion is a generous bound.)
+async fn feed_review_notify_does_not_serialize_durable_commits(_db: Db) -> TestResult {
+    let pg = tokio::task::spawn_blocking(|| immu_testdb::TempPostgres::builder().fsync(true).start()).await??;
+    let setup = sqlx::PgPool::connect(pg.url()).await?;
+    sqlx::raw_sql(
+        "CREATE TABLE t (id bigserial PRIMARY KEY, v int);
+         CREATE FUNCTION n() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+             IF current_setting('immu.notify', true) IS DISTINCT FROM 'off' THEN
+                 PERFORM pg_notify('immu_feed_' || TG_RELID, '');
+             END IF; RETURN NEW; END $$;
+         CREATE TRIGGER n BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION n();",
+    )
+    .execute(&setup)
+    .await?;
+    let mut rates = Vec::new();
+    for (clients, notify) in [(1, "off"), (1, "on"), (16, "off"), (16, "on"), (16, "off"), (16, "on")] {
+        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(clients).connect(pg.url()).await?;
+        let stop = std::time::Instant::now() + Duration::from_secs(2);
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let pool = pool.clone();
+            let notify = notify.to_owned();
+            tasks.push(tokio::spawn(async move {
+                let mut conn = pool.acquire().await?;
+                sqlx::query("SELECT set_config('immu.notify', $1, false)").bind(&notify).execute(&mut *conn).await?;
+                let mut n = 0u64;
+                while std::time::Instant::now() < stop {
+                    sqlx::query("INSERT INTO t (v) VALUES (1)").execute(&mut *conn).await?;
+                    n += 1;
+                }
+                Ok::<u64, sqlx::Error>(n)
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await??;
+        }
+        pool.close().await;
+        rates.push((clients, notify, total / 2));
+    }
+    setup.close().await;
+    eprintln!("REVIEW commits/s (clients, notify, rate), durable server: {rates:?}");
+    let off = (rates[2].2 + rates[4].2) as f64;
+    let on = (rates[3].2 + rates[5].2) as f64;
+    assert!(
+        on >= 0.7 * off,
+        "with 16 clients, notifying commits ran at {:.2}x the rate of silent ones (clients, notify, commits/s): {rates:?}",
+        on / off
+    );
+    Ok(())
+}
+
+/// The README's "Proving history" example reports tampering only through `report.breaks`; a whole
+/// entity removed by a superuser (history and projection rows) leaves every remaining chain
+/// intact, so `breaks` is empty and the example prints nothing although `is_intact()` is false
+/// (the digest's root does not match). Either list it as a break, or have the README print the
+/// report (`eprintln!("{report}")`).
+async fn feed_review_the_readme_example_reports_a_removed_entity(db: Db) -> TestResult {
+    let a = Account::insert(&db.pool, Account::new("kept", 1)).await?;
+    let gone = Account::insert(&db.pool, Account::new("gone", 1)).await?;
+    Account::modify(&db.pool, a.entity_id, |x| x.balance = 2).await?;
+    let digest: immu_core::ledger::Digest = Account::digest(&db.pool).await?.to_string().parse()?;
+    db.tamper(
+        "accounts",
+        &format!(
+            "DELETE FROM accounts WHERE entity_id = '{0}'; DELETE FROM accounts_current WHERE entity_id = '{0}'",
+            gone.entity_id
+        ),
+    )
+    .await?;
+    let report = Account::verify(&db.pool).against(&digest).await?;
+    assert!(!report.is_intact(), "{report}");
+    // What the README's loop prints:
+    let printed: Vec<String> = report.breaks.iter().map(|b| b.to_string()).collect();
+    assert!(
+        !printed.is_empty(),
+        "the README example prints nothing for this tampering; the report says:\n{report}"
+    );
+    Ok(())
+}
+
+/// `poll_interval(Duration::MAX)` (never poll, rely on notifications) must not overflow.
+async fn feed_review_poll_interval_max_still_follows(db: Db) -> TestResult {
+    let pool = db.pool(3).await?;
+    let mut feed = Account::feed(&pool).from(Cursor::now(&pool).await?).poll_interval(Duration::MAX);
+    let waiting = tokio::spawn(async move { feed.next_batch().await.map(|b| keys(&b.changes)) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let a = Account::insert(&db.pool, Account::new("max", 1)).await?;
+    let got = tokio::time::timeout(HANG, waiting).await???;
+    assert_eq!(got, [(a.entity_id, 1)]);
     Ok(())
 }
