@@ -19,9 +19,9 @@
 --                         postgres, extra_float_digits 1, bytea_output hex), as UTF-8.
 --
 -- Versions written before this release have none of the three (NULL): their entities' chains
--- start at their first version written by release 4. The insert trigger also notifies channel
--- 'immu_feed_<oid of the history>' (LISTEN wakes the change feed at commit), and the history gets a
--- BRIN index on immu_xid (the feed's range scans).
+-- start at their first version written by release 4. The history gets a BRIN index on immu_xid
+-- (the change feed's range scans), and a table configured with notify => true has its insert
+-- trigger notify channel 'immu_feed_<oid of the history>' (LISTEN wakes the change feed at commit).
 --
 -- Like the releases before, this migration replaces the generator and ends with
 -- SELECT immu.upgrade(). The generator is now a function per piece of machinery (immu.generate
@@ -54,6 +54,37 @@ BEGIN ATOMIC
         ('immu_hash', 'bytea')
     ) AS r (name, type);
 END;
+
+-- The per-table options, and what each means (release 3's, and release 4's notify):
+--   require_actor     a version without an actor is refused (SQLSTATE IMMU5), raw SQL's included
+--   record_identical  immu's writes append a version even when its data equals the latest's
+--   notify            the insert trigger notifies channel 'immu_feed_<oid>' (the change feed's
+--                     wake-up, sent at commit); off by default: PostgreSQL serializes the commits
+--                     of every notifying transaction of a database, through their WAL flush. The
+--                     feed without it reads at its poll interval. A transaction that will be
+--                     prepared (two-phase commit) turns it off with SET LOCAL immu.notify = 'off'.
+-- Sets those given (NULL: unchanged), regenerates the machinery, returns the table's options.
+DROP FUNCTION immu.configure_versioning(regclass, boolean, boolean);
+CREATE FUNCTION immu.configure_versioning(history regclass, require_actor boolean DEFAULT NULL,
+                                          record_identical boolean DEFAULT NULL,
+                                          notify boolean DEFAULT NULL) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    result jsonb;
+BEGIN
+    PERFORM immu.require_owner(history);
+    PERFORM immu.projection_of(history);
+    UPDATE immu.versioned_tables v
+       SET options = pg_catalog.jsonb_strip_nulls(v.options || jsonb_build_object(
+               'require_actor', coalesce(require_actor, (v.options->>'require_actor')::boolean),
+               'record_identical', coalesce(record_identical, (v.options->>'record_identical')::boolean),
+               'notify', coalesce(notify, (v.options->>'notify')::boolean)))
+     WHERE v.table_name = history
+    RETURNING v.options INTO result;
+    PERFORM immu.sync_versioning(history);
+    RETURN result;
+END
+$fn$;
 
 -- The hash layouts: which columns a version's hash covers, in order, per table. A table gets a new
 -- layout when its columns change (immu.generate); each version records the layout it was hashed
@@ -263,10 +294,15 @@ BEGIN
     -- reads, woken by another write or by its own timer.
     provenance := provenance || format($p$
     NEW.immu_xid := pg_catalog.pg_current_xact_id()::text::bigint;
-    NEW.immu_layout := %s;
+    NEW.immu_layout := %s;$p$, layout);
+    -- Only for a table configured with notify => true: PostgreSQL serializes the commits of all
+    -- notifying transactions of a database (a lock held through the commit's WAL flush).
+    IF immu.option(history, 'notify') THEN
+        provenance := provenance || $p$
     IF pg_catalog.current_setting('immu.notify', true) IS DISTINCT FROM 'off' THEN
         PERFORM pg_catalog.pg_notify('immu_feed_' OPERATOR(pg_catalog.||) TG_RELID, '');
-    END IF;$p$, layout);
+    END IF;$p$;
+    END IF;
 
     update_sql := format($t$PERFORM pg_catalog.set_config('immu.writing', %5$L, true);
             UPDATE %1$s AS c SET (%2$s) = (%3$s)

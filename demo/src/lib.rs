@@ -401,6 +401,8 @@ async fn follow_transfers<W: Write + Send>(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let label =
         |id: Uuid| accounts.iter().find(|a| a.entity_id == id).map_or("?", |a| a.label.as_str()).to_owned();
+    // Wake feeds at commit (off by default: notifying commits queue on one lock per database).
+    sqlx::query("SELECT immu.configure_versioning('transfers', notify => true)").execute(pool).await?;
     let from = Cursor::now(pool).await?;
     say!(out, "  following transfers from now, cursor {from}");
     // The consumer waits (woken by LISTEN) while the transfers below commit.

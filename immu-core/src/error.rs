@@ -335,6 +335,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// A call that reads in a transaction of its own (a `REPEATABLE READ` snapshot:
+    /// [`Immutable::verify`](crate::Immutable::verify), [`Immutable::digest`](crate::Immutable::digest))
+    /// was given a connection inside a transaction. Nothing was read, and the caller's
+    /// transaction is untouched: call it on a pool, or on a connection outside a transaction.
+    #[error(
+        "{operation} reads in a transaction of its own: call it on a pool or a connection outside a transaction"
+    )]
+    InTransaction {
+        /// What was called.
+        operation: &'static str,
+    },
+
     /// Text that is not a PostgreSQL snapshot (`xmin:xmax:xip,...`, see
     /// [`PgSnapshot`](crate::PgSnapshot)).
     #[error("not a PostgreSQL snapshot (xmin:xmax:xip,...): {text:?}")]
@@ -627,6 +639,7 @@ mod tests {
             Error::Feed(crate::feed::FeedError::Standby),
             Error::InvalidDigest { reason: "not JSON".into() },
             Error::InvalidSnapshot { text: "x".into() },
+            Error::InTransaction { operation: "verify" },
             Error::Database(sqlx::Error::PoolTimedOut),
             Error::Database(sqlx::Error::PoolClosed),
             Error::Database(sqlx::Error::RowNotFound),
@@ -665,7 +678,8 @@ mod tests {
                 | Error::OlderShape { .. }
                 | Error::Feed(_)
                 | Error::InvalidDigest { .. }
-                | Error::InvalidSnapshot { .. } => false,
+                | Error::InvalidSnapshot { .. }
+                | Error::InTransaction { .. } => false,
             };
             assert_eq!(err.is_retryable(), expected, "{err:?}");
         }

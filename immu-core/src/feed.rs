@@ -107,12 +107,15 @@
 //!
 //! # Live
 //!
-//! After catching up, the feed waits: the insert trigger notifies channel `immu_feed_<table oid>`
-//! at commit, and the feed listens on it (one connection of the pool, held while the feed
-//! follows). Notifications are lost while the listening connection is down, so after every
-//! (re)connection the feed reads again, and it reads at least every
-//! [`poll_interval`](Feed::poll_interval) in any case. A notification only wakes the feed; what
-//! it reads is decided by the snapshots alone.
+//! After catching up, the feed waits: on a table configured with
+//! `immu.configure_versioning(t, notify => true)` the insert trigger notifies channel
+//! `immu_feed_<table oid>` at commit, and the feed listens on it (on a connection of its own, made
+//! with the pool's options, held while the feed follows). Notifications are lost while the
+//! listening connection is down, so after every (re)connection the feed reads again, and it reads
+//! at least every [`poll_interval`](Feed::poll_interval) in any case (the only wake-up of a table
+//! that does not notify: notifying is off by default, as PostgreSQL serializes the commits of all
+//! notifying transactions of a database). A notification only wakes the feed; what it reads is
+//! decided by the snapshots alone.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -140,7 +143,10 @@ const XID: &str = "immu_xid";
 pub const DEFAULT_BATCH_SIZE: usize = 1000;
 
 /// The default [`Feed::poll_interval`].
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The largest batch a feed reads at once ([`Feed::batch_size`] is capped to it).
+pub const MAX_BATCH_SIZE: usize = 1_000_000;
 
 /// The version of the cursor's text form.
 const FORMAT: &str = "v1";
@@ -173,6 +179,26 @@ pub enum FeedError {
         /// The server's (`pg_current_snapshot()`'s `xmax`).
         server: i64,
     },
+
+    /// The table holds versions of transaction ids this server has not reached: its history was
+    /// restored from another cluster (`pg_dump`) whose transaction counter was ahead. Snapshots
+    /// here cannot place those versions (every read would find them again), so the feed refuses.
+    /// Advance this cluster's transaction id past `version` (`pg_resetwal -x`), then start again.
+    #[error(
+        "the table holds versions of transaction {version}, and this server has only reached {server}: its history was restored from another cluster; advance the transaction id (pg_resetwal -x) before following it"
+    )]
+    ForeignTransactions {
+        /// The transaction id a version records.
+        version: i64,
+        /// The server's (`pg_current_snapshot()`'s `xmax`).
+        server: i64,
+    },
+
+    /// [`Cursor::now`] in a transaction that has written: PostgreSQL leaves a transaction's own
+    /// id out of its snapshot, so whether its versions count as seen would depend on other
+    /// transactions' timing. Take the cursor before writing, or in another transaction.
+    #[error("Cursor::now in a transaction that has written: take the cursor before its first write")]
+    WritingTransaction,
 
     /// The feed's connection is to a hot standby, whose snapshots do not say which transactions
     /// were running the way the feed needs: read the feed from the primary.
@@ -265,13 +291,17 @@ impl Cursor {
         E: Executor<'e, Database = Postgres> + 'e,
     {
         async move {
-            let (text, standby): (String, bool) = sqlx::query_as(
-                "SELECT pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_is_in_recovery()",
+            let (text, standby, writing): (String, bool, bool) = sqlx::query_as(
+                "SELECT pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_is_in_recovery(), \
+                 pg_catalog.pg_current_xact_id_if_assigned() IS NOT NULL",
             )
             .fetch_one(db)
             .await?;
             if standby {
                 return Err(FeedError::Standby.into());
+            }
+            if writing {
+                return Err(FeedError::WritingTransaction.into());
             }
             Ok(Cursor { after: Some(snapshot(&text, &text)?), within: None })
         }
@@ -478,6 +508,9 @@ pub struct Feed<T> {
     poll_interval: Duration,
     /// The table's notification channel, once known (`immu_feed_<oid>`).
     channel: Option<String>,
+    /// The history, schema-qualified and quoted, once found (a versioned table, found on the
+    /// caller's `search_path` at the first read; read by that name from then on).
+    source: Option<String>,
     listening: Option<Listening>,
     entity: PhantomData<fn() -> T>,
 }
@@ -516,8 +549,44 @@ impl<T: Immutable> Feed<T> {
             batch_size: DEFAULT_BATCH_SIZE,
             poll_interval: DEFAULT_POLL_INTERVAL,
             channel: None,
+            source: None,
             listening: None,
             entity: PhantomData,
+        }
+    }
+
+    /// The history's schema-qualified name: the versioned table `T`'s name finds on the caller's
+    /// `search_path`, found once; a table of that name that is not versioned (a table of another
+    /// schema earlier on the path) is refused, never read instead.
+    async fn source(&mut self) -> Result<String> {
+        if let Some(source) = &self.source {
+            return Ok(source.clone());
+        }
+        let found: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT (SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM immu.versioned_tables v \
+             JOIN pg_catalog.pg_class c ON c.oid = v.table_name JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE v.table_name = t.oid) FROM (SELECT pg_catalog.to_regclass($1)::oid AS oid) AS t WHERE t.oid IS NOT NULL",
+        )
+        .bind(quote(T::TABLE.name))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| machinery_error::<T>(e.into()))?;
+        match found {
+            None => Err(Error::MissingTable { table: T::TABLE.name.to_owned() }),
+            Some(None) => Err(Error::SchemaDrift {
+                table: T::TABLE.name.to_owned(),
+                differences: vec![crate::schema::Difference::new(
+                    format!(
+                        "{} on this connection's search_path is not a versioned table: the feed follows versioned tables only",
+                        T::TABLE.name
+                    ),
+                    format!("SELECT immu.add_versioning('{}');", T::TABLE.name),
+                )],
+            }),
+            Some(Some(source)) => {
+                self.source = Some(source.clone());
+                Ok(source)
+            }
         }
     }
 
@@ -528,11 +597,11 @@ impl<T: Immutable> Feed<T> {
         self
     }
 
-    /// At most `n` changes per batch (at least 1; default [`DEFAULT_BATCH_SIZE`]). A larger
+    /// At most `n` changes per batch (1 to [`MAX_BATCH_SIZE`]; default [`DEFAULT_BATCH_SIZE`]). A larger
     /// interval (a catch-up over the whole history) is delivered in pages of `n`, walking the
     /// history's primary key.
     pub fn batch_size(mut self, n: usize) -> Self {
-        self.batch_size = n.max(1);
+        self.batch_size = n.clamp(1, MAX_BATCH_SIZE);
         self
     }
 
@@ -619,7 +688,8 @@ impl<T: Immutable> Feed<T> {
     /// # Ok(()) }
     /// ```
     pub async fn explain(&mut self, analyze: bool) -> Result<String> {
-        let (sql, args) = self.statement()?;
+        let source = self.source().await?;
+        let (sql, args) = self.statement(&source)?;
         let options = if analyze { "(ANALYZE, TIMING OFF) " } else { "" };
         let lines: Vec<String> =
             sqlx::query_scalar_with(sqlx::AssertSqlSafe(format!("EXPLAIN {options}{sql}")), args)
@@ -631,14 +701,15 @@ impl<T: Immutable> Feed<T> {
     }
 
     /// The statement of the next read (see [`read_statement`]).
-    fn statement(&self) -> Result<(String, PgArguments)> {
+    fn statement(&self, source: &str) -> Result<(String, PgArguments)> {
         let within = self.cursor.within.as_ref();
         read_statement(
             &T::TABLE,
+            source,
             self.cursor.after.as_ref(),
             within.map(|w| &w.upto),
             within.map(|w| (w.entity_id, w.valid_from, w.version)),
-            self.batch_size + 1,
+            self.batch_size.saturating_add(1),
         )
     }
 
@@ -646,7 +717,8 @@ impl<T: Immutable> Feed<T> {
     /// interval partly delivered, bounded by that interval's end).
     async fn read(&mut self) -> Result<Batch<T>> {
         let table = T::TABLE.name;
-        let (sql, args) = self.statement()?;
+        let source = self.source().await?;
+        let (sql, args) = self.statement(&source)?;
         // An unnamed statement: planned for the values at hand (a range scan of the BRIN index on
         // immu_xid for a short live interval, a walk of the primary key for a catch-up).
         let rows =
@@ -662,6 +734,7 @@ impl<T: Immutable> Feed<T> {
         };
         self.channel.get_or_insert_with(|| format!("immu_feed_{oid}"));
         let now = snapshot(&text, &text)?;
+        let now_xmax = now.xmax();
         let cursor = &self.cursor;
         let latest = cursor.within.as_ref().map(|w| &w.upto).or(cursor.after.as_ref());
         if let Some(latest) = latest
@@ -686,6 +759,16 @@ impl<T: Immutable> Feed<T> {
         let count = rows.len().min(self.batch_size);
         let mut changes = Vec::with_capacity(count);
         for (i, row) in rows.iter().take(count).enumerate() {
+            // A version the statement sees whose transaction its snapshot has not reached comes
+            // from another cluster's history: it would be found again by every read.
+            let tx: Option<i64> = row.try_get(FIRST_COLUMN - 2)?;
+            if let Some(tx) = tx
+                && tx >= as_bigint(now_xmax)
+            {
+                return Err(
+                    FeedError::ForeignTransactions { version: tx, server: as_bigint(now_xmax) }.into()
+                );
+            }
             let undeleted: Option<bool> = row.try_get(FIRST_COLUMN - 1)?;
             let version: Versioned<T> = Versioned::decode_at(row, FIRST_COLUMN)?;
             let kind = if version.version == 1 {
@@ -723,8 +806,9 @@ impl<T: Immutable> Feed<T> {
 }
 
 /// Where a read's row holds the version's first column (`id`): after the snapshot, whether the
-/// server is a standby, the table's oid, and whether the version undeletes its entity.
-const FIRST_COLUMN: usize = 4;
+/// server is a standby, the table's oid, the version's transaction and whether it undeletes its
+/// entity.
+const FIRST_COLUMN: usize = 5;
 
 /// The statement of one read, and its arguments: the statement's snapshot
 /// (`pg_current_snapshot()`: in one statement, the one it reads with), whether the server is a
@@ -735,6 +819,7 @@ const FIRST_COLUMN: usize = 4;
 /// then every column reads select. No version: one row whose version columns are NULL.
 fn read_statement(
     table: &TableDef,
+    source: &str,
     after: Option<&PgSnapshot>,
     upto: Option<&PgSnapshot>,
     key: Option<(Uuid, DateTime<Utc>, i64)>,
@@ -751,7 +836,7 @@ fn read_statement(
             n += 1;
             add(args).map(|()| format!("${n}")).map_err(|e| Error::Database(sqlx::Error::Encode(e)))
         };
-    let regclass = bind(&mut args, &|a| a.add(quote(table.name)))?;
+    let regclass = bind(&mut args, &|a| a.add(source.to_owned()))?;
     let mut conditions = Vec::new();
     let visible_in_upto = match upto {
         Some(upto) => {
@@ -795,13 +880,13 @@ fn read_statement(
         p_entity = p(ENTITY_ID),
         p_valid_from = p(VALID_FROM),
         p_version = p(VERSION),
-        t = quote(table.name),
+        t = source,
     );
     let page = format!(
-        "SELECT {undeleted} AS \"immu_undeleted\", {columns} FROM {t} AS \"immu_h\"{conditions} \
+        "SELECT {xid} AS \"immu_tx\", {undeleted} AS \"immu_undeleted\", {columns} FROM {t} AS \"immu_h\"{conditions} \
          ORDER BY {entity}, {valid_from}, {version} LIMIT {limit}",
         columns = all_columns(table).map(h).collect::<Vec<_>>().join(", "),
-        t = quote(table.name),
+        t = source,
         conditions = if conditions.is_empty() {
             String::new()
         } else {
@@ -843,8 +928,18 @@ fn machinery_error<T: Immutable>(err: Error) -> Error {
 /// (notifications sent while it was not listening are lost). Ends when the pool closes.
 async fn listen(pool: PgPool, channel: String, wake: Arc<Notify>) {
     let retry = Duration::from_millis(250);
+    // A connection of its own, outside the feed's pool (a listener holds its connection while it
+    // waits: on the pool, it would starve the reads it wakes).
+    let own = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .connect_lazy_with((*pool.connect_options()).clone());
     loop {
-        let mut listener = match PgListener::connect_with(&pool).await {
+        if pool.is_closed() {
+            own.close().await;
+            return;
+        }
+        let mut listener = match PgListener::connect_with(&own).await {
             Ok(listener) => listener,
             Err(sqlx::Error::PoolClosed) => return,
             Err(_) => {
@@ -944,16 +1039,17 @@ mod tests {
         let upto = "20:30:".parse::<PgSnapshot>().unwrap();
         let key = Some((Uuid::nil(), DateTime::<Utc>::MIN_UTC, 1));
         // A partly delivered interval: both snapshots bound it, the key continues it.
-        let (sql, _) = read_statement(&ACCOUNTS, Some(&after), Some(&upto), key, 10).unwrap();
+        let (sql, _) =
+            read_statement(&ACCOUNTS, "public.accounts", Some(&after), Some(&upto), key, 10).unwrap();
         assert!(sql.starts_with(r#"SELECT "immu_s".*, "immu_r".* FROM (SELECT pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_is_in_recovery(), pg_catalog.to_regclass($1)::oid::bigint) AS "immu_s" LEFT JOIN LATERAL ("#), "{sql}");
         assert!(sql.contains(r#"WHERE "immu_h"."immu_xid" >= $4 AND ("immu_h"."immu_xid" >= $5 OR "immu_h"."immu_xid" = ANY ($6)) AND ("immu_h"."immu_xid" < $2 AND "immu_h"."immu_xid" <> ALL ($3)) AND ("immu_h"."entity_id", "immu_h"."valid_from", "immu_h"."version") > ($7, $8, $9) ORDER BY "immu_h"."entity_id", "immu_h"."valid_from", "immu_h"."version" LIMIT $10) AS "immu_r" ON true"#), "{sql}");
         // A new interval from a snapshot: up to the statement's own.
-        let (sql, _) = read_statement(&ACCOUNTS, Some(&after), None, None, 10).unwrap();
+        let (sql, _) = read_statement(&ACCOUNTS, "public.accounts", Some(&after), None, None, 10).unwrap();
         assert!(sql.contains(r#"WHERE "immu_h"."immu_xid" >= $2 AND ("immu_h"."immu_xid" >= $3 OR "immu_h"."immu_xid" = ANY ($4)) ORDER BY"#), "{sql}");
         // From the beginning: everything the statement sees; continued, versions without immu_xid too.
-        let (sql, _) = read_statement(&ACCOUNTS, None, None, None, 10).unwrap();
-        assert!(sql.contains(r#"FROM "accounts" AS "immu_h" ORDER BY"#), "{sql}");
-        let (sql, _) = read_statement(&ACCOUNTS, None, Some(&upto), key, 10).unwrap();
+        let (sql, _) = read_statement(&ACCOUNTS, "public.accounts", None, None, None, 10).unwrap();
+        assert!(sql.contains(r#"FROM public.accounts AS "immu_h" ORDER BY"#), "{sql}");
+        let (sql, _) = read_statement(&ACCOUNTS, "public.accounts", None, Some(&upto), key, 10).unwrap();
         assert!(sql.contains(r#"WHERE ("immu_h"."immu_xid" IS NULL OR ("immu_h"."immu_xid" < $2 AND "immu_h"."immu_xid" <> ALL ($3))) AND"#), "{sql}");
     }
 }

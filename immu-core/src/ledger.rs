@@ -204,6 +204,10 @@ pub struct DigestCheck {
     pub entities: u64,
     /// Versions the digest's snapshot saw, as stored now (the digest says [`Digest::versions`]).
     pub versions: u64,
+    /// Entities the digest covered ([`Digest::entities`]).
+    pub digest_entities: u64,
+    /// Versions the digest covered ([`Digest::versions`]).
+    pub digest_versions: u64,
     /// Versions of transactions still running when the digest was taken, which it neither covers
     /// nor can judge (but for those whose transaction never committed).
     pub in_flight: u64,
@@ -291,9 +295,9 @@ impl fmt::Display for Report {
             } else {
                 write!(
                     f,
-                    "\n  digest: DOES NOT MATCH: what it covered was changed, removed or added to \
-                     ({} versions of {} entities now seen by its snapshot)",
-                    d.versions, d.entities
+                    "\n  digest: DOES NOT MATCH: what it covered was changed, removed or added to (it covered {} \
+                     versions of {} entities; its snapshot now sees {} of {})",
+                    d.digest_versions, d.digest_entities, d.versions, d.entities
                 )?;
             }
             if !d.layouts_match {
@@ -437,6 +441,9 @@ where
     let table: String = table.into();
     let table = table.as_str();
     let mut conn = db.acquire().await?;
+    if conn.is_in_transaction() {
+        return Err(Error::InTransaction { operation: "digest" });
+    }
     // The clock before the snapshot, and a transaction id assigned after it (a transaction of its
     // own, which writes nothing): every transaction from that id on starts, and writes, later. The
     // snapshot's xmax is no such bound: a transaction with a later id may have been running, and
@@ -578,6 +585,9 @@ where
 {
     let started = Instant::now();
     let mut conn = db.acquire().await?;
+    if conn.is_in_transaction() {
+        return Err(Error::InTransaction { operation: "verify" });
+    }
     let mut tx = conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
     let opened = open_table(&mut tx, &table).await?;
     let (regclass, estimated) = (opened.table.clone(), opened.estimated);
@@ -651,6 +661,8 @@ where
             root_matches: false,
             entities: 0,
             versions: 0,
+            digest_entities: d.entities,
+            digest_versions: d.versions,
             in_flight: 0,
             layouts_match: layouts_then.as_deref() == Some(d.layouts.as_str()),
         }),

@@ -184,7 +184,9 @@
 //!   [`UnsafeSetup`](Error::UnsafeSetup), [`MachineryMismatch`](Error::MachineryMismatch),
 //!   [`InvalidIdentifier`](Error::InvalidIdentifier);
 //! * what tamper evidence refuses: [`InvalidDigest`](Error::InvalidDigest) (a digest that cannot
-//!   be checked), [`InvalidSnapshot`](Error::InvalidSnapshot) (text that is no snapshot);
+//!   be checked), [`InvalidSnapshot`](Error::InvalidSnapshot) (text that is no snapshot),
+//!   [`InTransaction`](Error::InTransaction) (a verification given a connection inside a
+//!   transaction);
 //! * what interrupted it: [`LockTimeout`](Error::LockTimeout), [`Canceled`](Error::Canceled),
 //!   [`SerializationFailure`](Error::SerializationFailure) (every SQLSTATE 40001 and 40P01, on
 //!   reads and writes alike), [`OutcomeUnknown`](Error::OutcomeUnknown);

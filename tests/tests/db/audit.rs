@@ -161,7 +161,8 @@ async fn a_table_can_require_an_actor_and_a_write_without_one_writes_nothing(db:
         sqlx::query_scalar("SELECT immu.configure_versioning('accounts', require_actor => true)")
             .fetch_one(&db.owner)
             .await?;
-    assert_eq!(options, json!({ "require_actor": true }));
+    // (The test suite's accounts also notify the change feed: tests/migrations.)
+    assert_eq!(options, json!({ "require_actor": true, "notify": true }));
     let err = Account::modify(&db.pool, v1.entity_id, |a| a.balance += 1).await.unwrap_err();
     assert!(matches!(&err, Error::ActorRequired { table, .. } if table == "accounts"), "{err:?}");
     assert!(!err.is_retryable());

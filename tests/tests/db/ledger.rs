@@ -127,6 +127,20 @@ async fn hashes_do_not_depend_on_the_writers_session_settings(db: Db) -> TestRes
         .execute(&mut conn)
         .await?;
     }
+    // A new table does not notify the change feed unless configured to (notify => true).
+    let notifies = |db: &Db| {
+        let owner = db.owner.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT prosrc LIKE '%pg_notify%' FROM pg_proc WHERE proname = 'samples_immu_check'",
+            )
+            .fetch_one(&owner)
+            .await
+        }
+    };
+    assert!(!notifies(&db).await?, "off by default");
+    sqlx::query("SELECT immu.configure_versioning('samples', notify => true)").execute(&db.owner).await?;
+    assert!(notifies(&db).await?, "on when configured");
     // And the verifier's own session settings do not matter either.
     let mut conn = db.connect().await?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(settings[0])).execute(&mut conn).await?;
