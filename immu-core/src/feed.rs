@@ -562,32 +562,11 @@ impl<T: Immutable> Feed<T> {
         if let Some(source) = &self.source {
             return Ok(source.clone());
         }
-        let found: Option<Option<String>> = sqlx::query_scalar(
-            "SELECT (SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM immu.versioned_tables v \
-             JOIN pg_catalog.pg_class c ON c.oid = v.table_name JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE v.table_name = t.oid) FROM (SELECT pg_catalog.to_regclass($1)::oid AS oid) AS t WHERE t.oid IS NOT NULL",
-        )
-        .bind(quote(T::TABLE.name))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| machinery_error::<T>(e.into()))?;
-        match found {
-            None => Err(Error::MissingTable { table: T::TABLE.name.to_owned() }),
-            Some(None) => Err(Error::SchemaDrift {
-                table: T::TABLE.name.to_owned(),
-                differences: vec![crate::schema::Difference::new(
-                    format!(
-                        "{} on this connection's search_path is not a versioned table: the feed follows versioned tables only",
-                        T::TABLE.name
-                    ),
-                    format!("SELECT immu.add_versioning('{}');", T::TABLE.name),
-                )],
-            }),
-            Some(Some(source)) => {
-                self.source = Some(source.clone());
-                Ok(source)
-            }
-        }
+        let found = crate::schema::find_versioned(&self.pool, &quote(T::TABLE.name), T::TABLE.name)
+            .await
+            .map_err(|e| machinery_error::<T>(e))?;
+        self.source = Some(found.table.clone());
+        Ok(found.table)
     }
 
     /// Starts (or resumes) after `cursor`: the cursor a consumer stored with its effects, or

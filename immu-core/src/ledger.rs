@@ -337,43 +337,18 @@ impl Progress {
 /// A row of `immu.hash_layouts`: layout, encoding, columns, created_at.
 type LayoutRow = (i32, i32, Vec<Option<String>>, DateTime<Utc>);
 
-/// A versioned table found by name, with `search_path` pinned afterwards.
-struct Opened {
-    /// The history, schema-qualified and quoted (`regclass` text under a pinned path).
-    table: String,
-    /// The projection, likewise.
-    projection: String,
-    /// PostgreSQL's estimate of the history's rows.
-    estimated: f32,
-}
-
-/// Finds the versioned table `table` on the connection's `search_path` (as the application's own
-/// statements do), then pins `search_path` to `pg_catalog, pg_temp` for the rest of the
+/// Finds the versioned table `table` ([`crate::schema::find_versioned`]), then pins
+/// `search_path` to `pg_catalog, pg_temp` and the output settings for the rest of the
 /// transaction, so that the statements and the text output of every column (`regclass` values)
 /// are those of immu's insert trigger, and nothing on the caller's path can stand in for them.
 async fn open_table(tx: &mut sqlx::PgConnection, table: &str) -> Result<Opened> {
-    let oid: Option<sqlx::postgres::types::Oid> =
-        sqlx::query_scalar("SELECT to_regclass($1)::oid").bind(table).fetch_one(&mut *tx).await?;
-    let Some(oid) = oid else { return Err(Error::MissingTable { table: table.to_owned() }) };
+    let found = crate::schema::find_versioned(&mut *tx, table, table).await?;
     sqlx::raw_sql(HASH_SETTINGS).execute(&mut *tx).await?;
-    let found: Option<(String, String, f32)> = sqlx::query_as(
-        "SELECT v.table_name::text, v.projection::text, c.reltuples FROM immu.versioned_tables v \
-         JOIN pg_catalog.pg_class c ON c.oid = v.table_name WHERE v.table_name = $1",
-    )
-    .bind(oid)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((table_name, projection, estimated)) = found else {
-        return Err(Error::SchemaDrift {
-            table: table.to_owned(),
-            differences: vec![crate::schema::Difference::new(
-                format!("{table} is not a versioned table: it has no hash chains"),
-                format!("SELECT immu.add_versioning('{table}');"),
-            )],
-        });
-    };
-    Ok(Opened { table: table_name, projection, estimated })
+    Ok(found)
 }
+
+/// A versioned table, found by name.
+type Opened = crate::schema::Found;
 
 /// Refuses a table whose versions carry transaction ids this cluster has not reached: its history
 /// was restored from another cluster (`pg_dump`), and snapshots here would judge them wrongly.

@@ -416,3 +416,48 @@ fn quote(name: &str) -> String {
 fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
+
+/// A versioned table found by name (see [`find_versioned`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Found {
+    /// The history, schema-qualified and quoted where needed (`format('%I.%I')`).
+    pub(crate) table: String,
+    /// Its projection, likewise.
+    pub(crate) projection: String,
+    /// PostgreSQL's estimate of the history's rows.
+    pub(crate) estimated: f32,
+}
+
+/// Finds the versioned table `lookup` names (as PostgreSQL reads a `regclass`: on the connection's
+/// `search_path` unless qualified), as the application's own statements would, and names it
+/// schema-qualified from then on. A table of that name that is not versioned (a table of another
+/// schema earlier on the path) is refused, never used instead: `Error::SchemaDrift`. `name`
+/// names the table in errors.
+pub(crate) async fn find_versioned<'e, E>(db: E, lookup: &str, name: &str) -> Result<Found>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    let found: Option<(String, Option<String>, f32)> = sqlx::query_as(
+        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), \
+                CASE WHEN p.oid IS NOT NULL THEN pg_catalog.format('%I.%I', pn.nspname, p.relname) END, c.reltuples \
+         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         LEFT JOIN immu.versioned_tables v ON v.table_name = c.oid \
+         LEFT JOIN pg_catalog.pg_class p ON p.oid = v.projection \
+         LEFT JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace \
+         WHERE c.oid = pg_catalog.to_regclass($1)",
+    )
+    .bind(lookup)
+    .fetch_optional(db)
+    .await?;
+    match found {
+        None => Err(Error::MissingTable { table: name.to_owned() }),
+        Some((_, None, _)) => Err(Error::SchemaDrift {
+            table: name.to_owned(),
+            differences: vec![Difference::new(
+                format!("{name} on this connection's search_path is not a versioned table"),
+                format!("SELECT immu.add_versioning('{name}');"),
+            )],
+        }),
+        Some((table, Some(projection), estimated)) => Ok(Found { table, projection, estimated }),
+    }
+}

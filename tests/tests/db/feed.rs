@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use immu_core::feed::{Change, ChangeKind, FeedError};
-use immu_core::{Cursor, Error, Feed, Immutable};
+use immu_core::{Cursor, Error, Immutable};
 use immu_tests::harness::{APP_ROLE, Db, TestResult};
 use immu_tests::models::Account;
 use sqlx::{Connection, PgPool};
@@ -30,17 +30,7 @@ immu_tests::tests![
 /// A guard against a hang (never a timing assertion): far longer than any wait should be.
 const HANG: Duration = Duration::from_secs(60);
 
-/// Reads until a read delivers nothing: everything committed so far.
-async fn drain(feed: &mut Feed<Account>) -> Result<Vec<Change<Account>>, Error> {
-    let mut all = Vec::new();
-    loop {
-        let batch = feed.read_batch().await?;
-        if batch.is_empty() {
-            return Ok(all);
-        }
-        all.extend(batch);
-    }
-}
+use immu_tests::drain;
 
 /// Every stored version of `accounts`: (entity, version).
 async fn stored(pool: &PgPool) -> sqlx::Result<BTreeSet<(Uuid, i64)>> {

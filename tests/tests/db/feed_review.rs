@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use immu_core::feed::{Change, ChangeKind, FeedError};
-use immu_core::{Cursor, Error, Feed, Immutable};
+use immu_core::{Cursor, Error, Immutable};
 use immu_tests::harness::{APP_ROLE, Db, TestResult, grant_application_role};
 use immu_tests::models::Account;
 use sqlx::{Acquire, Connection, PgPool};
@@ -37,16 +37,7 @@ immu_tests::tests![
 
 const HANG: Duration = Duration::from_secs(60);
 
-async fn drain(feed: &mut Feed<Account>) -> Result<Vec<Change<Account>>, Error> {
-    let mut all = Vec::new();
-    loop {
-        let batch = feed.read_batch().await?;
-        if batch.is_empty() {
-            return Ok(all);
-        }
-        all.extend(batch);
-    }
-}
+use immu_tests::drain;
 
 fn keys(changes: &[Change<Account>]) -> Vec<(Uuid, i64)> {
     changes.iter().map(|c| (c.entity_id, c.version)).collect()
